@@ -1,0 +1,87 @@
+"""One frozen settings object for the whole app, read from env (prefix ``DOTCHI_``) and an optional ``.env``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGED_E5 = "packaged:multilingual-e5-small"
+
+
+def _default_cache_dir() -> Path:
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dotchi"
+
+
+class Settings(BaseSettings):
+    """All of dotchi's settings. Paths are relative to the working directory (the repo root under ``make``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DOTCHI_", env_file=".env", frozen=True, extra="ignore")
+
+    # --- store ---
+    data_dir: Path = Path(".dotchi")
+    store_path: Path = Path(".dotchi/chroma")
+    chroma_host: str | None = Field(default=None, description="When set, use a Chroma server (HttpClient).")
+    chroma_port: int = 8000
+    collection: str = Field(default="dotchi", min_length=3, max_length=60)
+
+    # --- corpus / ingest ---
+    corpus_dir: Path = Path("corpus")
+    # Sizes in weighted characters (CJK counts 2): 1200 is about 300 e5 tokens in English, 400 in Japanese.
+    chunk_size: int = Field(default=1200, ge=100, le=4000, description="Max weighted characters per chunk.")
+    chunk_overlap: int = Field(default=150, ge=0, le=1000, description="Weighted characters carried over.")
+    max_file_mb: float = Field(default=20.0, gt=0)
+    embed_batch_size: int = Field(default=32, ge=1, le=1024)
+
+    # --- embeddings ---
+    embedding_model: str = PACKAGED_E5
+    model_cache_dir: Path = Field(default_factory=_default_cache_dir)
+
+    # --- answering ---
+    top_k: int = Field(default=6, ge=1, le=50)
+    generator: Literal["none", "openai", "ollama", "llamacpp"] = "none"
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_timeout_s: float = Field(default=60.0, gt=0)
+    llm_gguf_path: Path | None = None
+
+    # --- UI ---
+    host: str = "127.0.0.1"
+    port: int = Field(default=7860, ge=1, le=65535)
+    ui_auth: str | None = Field(default=None, description="Optional 'user:password' for the Gradio login.")
+    max_question_chars: int = Field(default=2000, ge=50)
+
+    @field_validator("chroma_host")
+    @classmethod
+    def _empty_host_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"DOTCHI_CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than DOTCHI_CHUNK_SIZE ({self.chunk_size})"
+            )
+        return self
+
+    @property
+    def uses_server(self) -> bool:
+        return self.chroma_host is not None
+
+    def describe_store(self) -> str:
+        if self.uses_server:
+            return f"Chroma server http://{self.chroma_host}:{self.chroma_port} (collection '{self.collection}')"
+        return f"Chroma on disk at {self.store_path} (collection '{self.collection}')"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests build their own ``Settings(...)`` instead)."""
+    return Settings()

@@ -1,0 +1,160 @@
+"""Chroma access shared by ingest (writes) and bot (reads).
+
+Two collections: ``<name>`` holds the chunks, ``<name>_files`` holds the manifest (one record per ingested file
+plus one ``__settings__`` record). The manifest record of a file is the commit point of a replace: chunks carry the
+``generation`` (file hash) they belong to, and only chunks whose generation matches the manifest are live. A crash
+between writing new chunks and committing leaves the old generation live; a crash after committing leaves the new
+one live. Stale generations are deleted right after the commit, or by the next ingest run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import chromadb
+from chromadb.config import Settings as ChromaSettings
+
+from ingest.config import Settings
+
+SETTINGS_ID = "__settings__"
+_PAGE = 5000
+
+
+class StoreError(RuntimeError):
+    """The vector store could not be reached or used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str
+    file_hash: str
+    doc_id: str
+    chunks: int
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    id: str
+    text: str
+    metadata: dict[str, Any]
+
+
+def open_client(settings: Settings) -> chromadb.api.ClientAPI:
+    chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+    try:
+        if settings.uses_server:
+            return chromadb.HttpClient(host=settings.chroma_host, port=settings.chroma_port, settings=chroma_settings)
+        settings.store_path.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(settings.store_path), settings=chroma_settings)
+    except Exception as exc:  # noqa: BLE001 - chromadb raises many types for an unreachable store
+        where = settings.describe_store()
+        raise StoreError(f"Cannot open {where}: {exc}. Check DOTCHI_CHROMA_HOST/PORT or DOTCHI_STORE_PATH.") from exc
+
+
+class ChunkStore:
+    """Chunks + manifest in Chroma. Vectors are always supplied by us (no Chroma embedding function)."""
+
+    def __init__(self, settings: Settings, client: chromadb.api.ClientAPI | None = None) -> None:
+        self.settings = settings
+        self.client = client or open_client(settings)
+        self.chunks = self._collection(settings.collection)
+        self.files = self._collection(f"{settings.collection}_files")
+
+    def _collection(self, name: str):
+        return self.client.get_or_create_collection(name, embedding_function=None,
+                                                    configuration={"hnsw": {"space": "cosine"}})
+
+    # ---------------------------------------------------------------- manifest
+    def manifest(self) -> dict[str, FileRecord]:
+        got = self.files.get(include=["metadatas"])
+        records = {}
+        for rid, meta in zip(got["ids"], got["metadatas"], strict=True):
+            if rid != SETTINGS_ID:
+                records[rid] = FileRecord(path=rid, file_hash=str(meta["file_hash"]), doc_id=str(meta["doc_id"]),
+                                          chunks=int(meta["chunks"]))
+        return records
+
+    def stored_fingerprint(self) -> dict | None:
+        got = self.files.get(ids=[SETTINGS_ID], include=["documents"])
+        return json.loads(got["documents"][0]) if got["ids"] else None
+
+    def save_fingerprint(self, fingerprint: dict) -> None:
+        self.files.upsert(ids=[SETTINGS_ID], documents=[json.dumps(fingerprint, sort_keys=True)],
+                          metadatas=[{"kind": "settings"}], embeddings=[[0.0, 0.0]])
+
+    def commit_file(self, record: FileRecord) -> None:
+        """The atomic switch: from now on ``record.file_hash`` is the live generation of ``record.path``."""
+        self.files.upsert(ids=[record.path], documents=[record.path],
+                          metadatas=[{"file_hash": record.file_hash, "doc_id": record.doc_id,
+                                      "chunks": record.chunks, "kind": "file"}], embeddings=[[0.0, 0.0]])
+
+    def forget_file(self, path: str) -> None:
+        self.files.delete(ids=[path])
+
+    # ---------------------------------------------------------------- chunks
+    def add_chunks(self, ids: list[str], texts: list[str], metadatas: list[dict], vectors) -> None:
+        for start in range(0, len(ids), _PAGE):
+            end = start + _PAGE
+            self.chunks.upsert(ids=ids[start:end], documents=texts[start:end], metadatas=metadatas[start:end],
+                               embeddings=vectors[start:end])
+
+    def delete_stale(self, path: str, live_hash: str | None) -> int:
+        """Delete chunks of ``path`` whose generation is not ``live_hash`` (all of them when None)."""
+        where: dict = {"source_path": path}
+        if live_hash is not None:
+            where = {"$and": [{"source_path": path}, {"generation": {"$ne": live_hash}}]}
+        stale = self.chunks.get(where=where, include=[])["ids"]
+        for start in range(0, len(stale), _PAGE):
+            self.chunks.delete(ids=stale[start : start + _PAGE])
+        return len(stale)
+
+    def delete_orphans(self, manifest: dict[str, FileRecord]) -> int:
+        """Delete every chunk that is not in the live generation of a file in the manifest."""
+        removed = 0
+        live = {path: rec.file_hash for path, rec in manifest.items()}
+        orphan_ids = [chunk.id for chunk in self.iter_chunks(live_only=False)
+                      if live.get(chunk.metadata.get("source_path")) != chunk.metadata.get("generation")]
+        for start in range(0, len(orphan_ids), _PAGE):
+            self.chunks.delete(ids=orphan_ids[start : start + _PAGE])
+            removed += len(orphan_ids[start : start + _PAGE])
+        return removed
+
+    def iter_chunks(self, live_only: bool = True):
+        """All chunks (paged), by default only the live generations."""
+        live = {path: rec.file_hash for path, rec in self.manifest().items()} if live_only else None
+        offset = 0
+        while True:
+            got = self.chunks.get(include=["documents", "metadatas"], limit=_PAGE, offset=offset)
+            if not got["ids"]:
+                return
+            for cid, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
+                if live is None or live.get(meta.get("source_path")) == meta.get("generation"):
+                    yield StoredChunk(cid, text, meta)
+            offset += len(got["ids"])
+
+    def count(self) -> int:
+        return self.chunks.count()
+
+    def drop_all(self) -> None:
+        for name in (self.settings.collection, f"{self.settings.collection}_files"):
+            try:
+                self.client.delete_collection(name)
+            except Exception:  # noqa: BLE001, S110 - absent collection is fine
+                pass
+        self.chunks = self._collection(self.settings.collection)
+        self.files = self._collection(f"{self.settings.collection}_files")
+
+    def query(self, vector, k: int, live: dict[str, str] | None = None) -> list[tuple[StoredChunk, float]]:
+        """Dense search; returns (chunk, cosine similarity). Stale generations are filtered out."""
+        fetch = k * 2 if live is not None else k
+        got = self.chunks.query(query_embeddings=[list(map(float, vector))], n_results=max(1, fetch),
+                                include=["documents", "metadatas", "distances"])
+        out = []
+        for cid, text, meta, dist in zip(got["ids"][0], got["documents"][0], got["metadatas"][0],
+                                         got["distances"][0], strict=True):
+            if live is not None and live.get(meta.get("source_path")) != meta.get("generation"):
+                continue
+            out.append((StoredChunk(cid, text, meta), 1.0 - float(dist)))
+        return out[:k]
