@@ -92,9 +92,13 @@ def chunk_id(key: str, file_hash: str, index: int, text: str) -> str:
     return hashlib.sha256(f"{key}\0{file_hash}\0{index}\0{text}".encode()).hexdigest()[:40]
 
 
-def embedding_text(doc: LoadedDoc, chunk: Chunk) -> str:
+def embedding_text_for(title: str, text: str) -> str:
     """What gets embedded and BM25-indexed: the title gives a short card its topic."""
-    return f"{doc.title}\n{chunk.text}"
+    return f"{title}\n{text}" if title else text
+
+
+def embedding_text(doc: LoadedDoc, chunk: Chunk) -> str:
+    return embedding_text_for(doc.title, chunk.text)
 
 
 def _metadata(key: str, file_hash: str, index: int, doc: LoadedDoc, chunk: Chunk) -> dict:

@@ -1,0 +1,73 @@
+"""``python -m bot ask|eval|serve|bench`` — thin entry points over ``bot.service``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _service(settings):
+    from bot.service import AnswerService
+
+    return AnswerService(settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bot", description="dotchi: LLM or fine-tuned model?")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ask = sub.add_parser("ask", help="answer one or more questions")
+    ask.add_argument("questions", nargs="+")
+    ask.add_argument("--json", action="store_true", help="one JSON object per question, one per line")
+    ev = sub.add_parser("eval", help="evaluate on a JSONL dev set")
+    ev.add_argument("file", nargs="?", type=Path, default=None)
+    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--split", choices=["all", "dev", "heldout"], default="all")
+    ev.add_argument("--failures", action="store_true", help="list the failed questions")
+    serve = sub.add_parser("serve", help="start the Gradio UI")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    bench = sub.add_parser("bench", help="speed/quality benchmark")
+    bench.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    from ingest.config import get_settings
+    from ingest.embeddings import ModelError
+    from ingest.store import StoreError
+
+    settings = get_settings()
+    try:
+        if args.command == "ask":
+            service = _service(settings)
+            if service.chunk_count == 0:
+                print("bot: the store is empty; run `make ingest` (or `python -m ingest`) first.", file=sys.stderr)
+                return 2
+            for question in args.questions:
+                answer = service.ask(question)
+                if args.json:
+                    print(json.dumps(answer.to_json(), ensure_ascii=False), flush=True)
+                else:
+                    print(answer.answer, end="\n\n", flush=True)
+            return 0
+        if args.command == "eval":
+            from bot.evaluate import main as eval_main
+
+            return eval_main(settings, args.file, args.split, args.json, args.failures)
+        if args.command == "serve":
+            from bot.ui import serve as serve_ui
+
+            serve_ui(settings, host=args.host, port=args.port)
+            return 0
+        if args.command == "bench":
+            from bot.bench import main as bench_main
+
+            return bench_main(settings, args.json)
+    except (ModelError, StoreError) as exc:
+        print(f"bot: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

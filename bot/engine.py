@@ -1,0 +1,225 @@
+"""The decision engine: reads a question against the survey's Figure 2 (``corpus/decision_flow.toml``).
+
+It finds which flow conditions the question settles (cue phrases, label counts, the matched catalog task),
+walks the flow to a verdict, notes where the catalog, the flow or a consideration disagree (→ ``depends``),
+and lists which answers would flip the verdict.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bot.knowledge import Condition, Consideration, DecisionFlow, Task
+
+_NUMBER = re.compile(
+    r"(?P<num>\d+(?:[.,]\d+)*)\s*(?P<unit>k\b|m\b|thousand|million|万|千|百)?", re.IGNORECASE)
+_WORD_NUMBERS = {"a handful of": 5, "handful of": 5, "a few dozen": 36, "few dozen": 36, "a dozen": 12,
+                 "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+                 "nine": 9, "ten": 10, "twenty": 20, "fifty": 50, "a hundred": 100, "hundreds of": 300,
+                 "thousands of": 3000, "millions of": 3_000_000, "数件": 5, "十数件": 15, "数十件": 50, "数百件": 300,
+                 "数千件": 3000, "数万件": 30_000, "数百万": 3_000_000}
+_UNITS = {"k": 1_000, "thousand": 1_000, "m": 1_000_000, "million": 1_000_000, "万": 10_000, "千": 1_000, "百": 100}
+# Words that make a nearby count a count of labelled training examples.
+_LABEL_WORDS = ("label", "annotat", "training example", "training data", "examples", "samples", "labelled",
+                "labeled", "scored example", "parallel", "ラベル", "正解", "アノテーション", "教師データ", "学習データ",
+                "学習用", "実績データ", "訓練データ", "対訳", "注釈")
+_PER_WORDS = ("per ", "each", "各", "ずつ", "ごと")
+_DECISION_CUES = ("should i", "should we", "which", " or ", " vs", "versus", "better", "worth", "enough",
+                  "do we need", "do i need", "recommend", "pick", "choose", "go with", "use an llm", "fine-tune",
+                  "fine tune", "どっち", "どちら", "べき", "向いて", "向く", "いい?", "いいでしょう", "選ぶ", "選べ",
+                  "使う", "必要", "足り", "大丈夫", "アリ", "意味", "勝ち", "おすすめ", "ファインチューニング",
+                  "微調整", "llm", "bert", "gpt")
+_CONTENT_CUES = ("what does the survey", "what does the paper", "according to the survey", "the survey say",
+                 "the paper say", "explain", "summarize", "summarise", "define", "definition", "what are the",
+                 "what is the", "what role", "how does the paper", "how does the survey", "remark ", "does the survey",
+                 "サーベイは", "サーベイでは", "論文では", "論文の", "について", "とは", "教えて", "違いは", "述べ",
+                 "論じ", "指摘", "書かれ", "挙げられ", "何と言", "どう書", "内容")
+
+
+@dataclass
+class ConditionState:
+    condition: Condition
+    holds: bool | None
+    why: str  # "cue", "labels", "task", "multi" or "" (unknown)
+    evidence: str = ""  # the cue phrase or number that settled it
+
+
+@dataclass
+class Decision:
+    is_decision: bool
+    verdict: str | None
+    flow_verdict: str | None
+    task: Task | None
+    task_score: float
+    states: dict[str, ConditionState]
+    path: list[ConditionState]
+    deciding: ConditionState | None
+    conflicts: list[str] = field(default_factory=list)  # human-readable keys: "task", "consideration:<id>", ...
+    considerations: list[Consideration] = field(default_factory=list)
+    flips: list[tuple[ConditionState, str]] = field(default_factory=list)  # (condition, verdict if flipped)
+    label_count: int | None = None
+    extra_tasks: list[Task] = field(default_factory=list)
+
+
+def _contains(text: str, phrase: str) -> bool:
+    """Substring match; ASCII phrases must sit on word boundaries ("ner" must not match "corner")."""
+    if phrase.isascii():
+        return re.search(rf"(?<![a-z0-9]){re.escape(phrase)}(?![a-z0-9])", text) is not None
+    return phrase in text
+
+
+def _longest(text: str, phrases: tuple[str, ...]) -> str | None:
+    found = [p for p in phrases if p and _contains(text, p)]
+    return max(found, key=len) if found else None
+
+
+def label_count(text: str) -> int | None:
+    """The number of labelled examples a question mentions (e.g. '200k labels', '20万件のラベル', 'ten labelled')."""
+    counts = []
+    for word, value in _WORD_NUMBERS.items():
+        for m in re.finditer(rf"(?<![a-z]){re.escape(word)}(?![a-z])", text):
+            counts.append((m.start(), m.end(), value))
+    for m in _NUMBER.finditer(text):
+        raw = m.group("num").replace(",", "")
+        try:
+            value = float(raw)
+        except ValueError:
+            continue
+        unit = (m.group("unit") or "").lower()
+        value *= _UNITS.get(unit, 1)
+        counts.append((m.start(), m.end(), int(value)))
+    best = None
+    for start, end, value in counts:
+        window = text[max(0, start - 30) : end + 30]
+        if any(w in window for w in _LABEL_WORDS):
+            per = any(w in text[max(0, start - 12) : end + 12] for w in _PER_WORDS)
+            value = value * 3 if per else value  # "15 per team": a few classes' worth; still small
+            best = value if best is None else max(best, value)
+    return best
+
+
+class DecisionEngine:
+    """Stateless apart from the flow and an embedding matrix of the task catalog (for semantic task matching)."""
+
+    def __init__(self, flow: DecisionFlow, embed_queries=None, embed_documents=None) -> None:
+        self.flow = flow
+        self._embed_queries = embed_queries
+        self.task_matrix: np.ndarray | None = None
+        if embed_documents is not None and flow.tasks:
+            texts = [f"{' / '.join(t.names['en'][:4])} / {' / '.join(t.names['ja'][:4])}. {t.finding['en']}"
+                     for t in flow.tasks]
+            self.task_matrix = embed_documents(texts)
+
+    # ------------------------------------------------------------------ reading the question
+    def match_tasks(self, text: str, vector: np.ndarray | None) -> list[tuple[Task, float]]:
+        """Catalog tasks named in the question (alias match, scored by alias length), else the semantic best."""
+        lexical = []
+        for task in self.flow.tasks:
+            alias = _longest(text, task.all_names)
+            if alias:
+                lexical.append((task, 1.0 + len(alias) / 100))
+        if lexical:
+            return sorted(lexical, key=lambda x: -x[1])
+        if vector is not None and self.task_matrix is not None:
+            sims = self.task_matrix @ vector
+            idx = int(np.argmax(sims))
+            return [(self.flow.tasks[idx], float(sims[idx]))]
+        return []
+
+    def read_conditions(self, text: str, task: Task | None, n_tasks: int) -> tuple[dict[str, ConditionState], int | None]:
+        states: dict[str, ConditionState] = {}
+        count = label_count(text)
+        for cond in self.flow.conditions:
+            yes, no = _longest(text, cond.cues_yes), _longest(text, cond.cues_no)
+            if yes and (not no or len(yes) > len(no)):
+                state = ConditionState(cond, True, "cue", yes)
+            elif no:
+                state = ConditionState(cond, False, "cue", no)
+            else:
+                state = ConditionState(cond, None, "")
+            if cond.numeric and count is not None:
+                if count <= int(cond.numeric.get("yes_if_at_most", -1)):
+                    state = ConditionState(cond, True, "labels", str(count))
+                elif count >= int(cond.numeric.get("no_if_at_least", 10**12)):
+                    state = ConditionState(cond, False, "labels", str(count))
+            if state.holds is None and task is not None and cond.id in task.conditions:
+                state = ConditionState(cond, task.conditions[cond.id], "task", task.id)
+            states[cond.id] = state
+        multi = next((c for c in self.flow.conditions if c.yes != "next" and c.id == "multi_task"), None)
+        if multi is not None and n_tasks >= 3 and states[multi.id].holds is not True:
+            states[multi.id] = ConditionState(multi, True, "multi", str(n_tasks))
+        return states, count
+
+    def is_decision_question(self, text: str, task_hit: bool, cue_hit: bool) -> bool:
+        decision_cue = any(c in text for c in _DECISION_CUES)
+        content_cue = any(c in text for c in _CONTENT_CUES)
+        if content_cue and not (task_hit and decision_cue and not _asks_about_survey(text)):
+            return False
+        return decision_cue and (task_hit or cue_hit)
+
+    # ------------------------------------------------------------------ the walk
+    def walk(self, states: dict[str, ConditionState]) -> tuple[str, list[ConditionState]]:
+        path: list[ConditionState] = []
+        for cond in self.flow.conditions:
+            state = states[cond.id]
+            path.append(state)
+            target = cond.yes if state.holds else cond.no
+            if target != "next":
+                return target, path
+        raise ValueError("decision flow ends without an outcome; check corpus/decision_flow.toml")
+
+    def decide(self, text: str, vector: np.ndarray | None = None) -> Decision:
+        """``text`` is the normalised, lower-cased question."""
+        tasks = self.match_tasks(text, vector)
+        lexical = [t for t, s in tasks if s >= 1.0]
+        semantic_ok = bool(tasks) and tasks[0][1] >= 0.86
+        task = tasks[0][0] if tasks and (lexical or semantic_ok) else None
+        score = tasks[0][1] if tasks else 0.0
+        states, count = self.read_conditions(text, task, len(lexical))
+        cue_hit = any(s.why in ("cue", "labels") for s in states.values())
+        considerations = [c for c in self.flow.considerations if _longest(text, c.cues)]
+        is_decision = self.is_decision_question(text, task is not None, cue_hit or bool(considerations))
+        flow_verdict, path = self.walk(states)
+        decision = Decision(is_decision=is_decision, verdict=None, flow_verdict=flow_verdict, task=task,
+                            task_score=score, states=states, path=path, deciding=path[-1],
+                            considerations=considerations, label_count=count, extra_tasks=lexical[1:])
+        if not is_decision:
+            return decision
+        verdict = flow_verdict
+        multi_task = states.get("multi_task")
+        if task is not None and task.verdict != flow_verdict and not (multi_task and multi_task.holds):
+            decision.conflicts.append("task")
+        for other in lexical[1:]:
+            if other.verdict != flow_verdict and other.verdict != (task.verdict if task else None) \
+                    and not (multi_task and multi_task.holds):
+                decision.conflicts.append(f"task:{other.id}")
+        for cons in considerations:
+            if cons.favours in self.flow.outcomes and cons.favours != flow_verdict:
+                decision.conflicts.append(f"consideration:{cons.id}")
+        if decision.conflicts:
+            verdict = "depends"
+        elif task is None and not cue_hit:
+            verdict = "depends"  # nothing in the question settles the flow: say what we would need to know
+            decision.conflicts.append("unknown")
+        decision.verdict = verdict
+        decision.flips = self.flips(states, path, flow_verdict)
+        return decision
+
+    def flips(self, states: dict[str, ConditionState], path: list[ConditionState],
+              verdict: str) -> list[tuple[ConditionState, str]]:
+        """For each condition on the path, the verdict if its answer were the other one."""
+        out = []
+        for state in path:
+            flipped = dict(states)
+            flipped[state.condition.id] = ConditionState(state.condition, not bool(state.holds), "flip")
+            new_verdict, _ = self.walk(flipped)
+            if new_verdict != verdict:
+                out.append((state, new_verdict))
+        return out
+
+
+def _asks_about_survey(text: str) -> bool:
+    return any(w in text for w in ("survey", "paper", "サーベイ", "論文", "remark"))

@@ -1,0 +1,155 @@
+"""``python -m bot eval [FILE.jsonl]``: verdict accuracy, cited-section hit rate, abstention precision/recall,
+answer-language match, invalid citations and latency, per language and overall, for the dev and held-out splits."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bot.service import AnswerService, check_citations
+from ingest.config import Settings
+
+
+@dataclass
+class Result:
+    item: dict
+    verdict: str | None
+    abstained: bool
+    language: str
+    sections: list[str]
+    invalid: int
+    seconds: float
+    answer: str = ""
+    debug: dict = field(default_factory=dict)
+
+    @property
+    def section_hit(self) -> bool | None:
+        expected = self.item.get("expected_sections") or []
+        if not expected or self.item.get("expect_abstain"):
+            return None
+        return any(s == e or s.startswith(e + ".") for s in self.sections for e in expected)
+
+    @property
+    def verdict_ok(self) -> bool | None:
+        if self.item.get("kind") != "decision":
+            return None
+        return self.verdict == self.item.get("expected_verdict")
+
+
+def load_items(path: Path) -> list[dict]:
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+        if "question" not in item:
+            raise ValueError(f"{path}:{number}: missing field 'question'")
+        items.append(item)
+    return items
+
+
+def run(service: AnswerService, items: list[dict]) -> list[Result]:
+    store_ids = {c.id for c in service.retriever.chunks}
+    results = []
+    for item in items:
+        answer = service.ask(item["question"])
+        results.append(Result(item, answer.verdict, answer.abstained, answer.language,
+                              [c["section"] for c in answer.citations], len(check_citations(answer, store_ids)),
+                              answer.seconds, answer.answer, answer.debug))
+    return results
+
+
+def _rate(values: list[bool]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def metrics(results: list[Result]) -> dict:
+    verdicts = [r.verdict_ok for r in results if r.verdict_ok is not None]
+    hits = [r.section_hit for r in results if r.section_hit is not None]
+    should = [r for r in results if r.item.get("expect_abstain")]
+    did = [r for r in results if r.abstained]
+    latencies = np.array([r.seconds for r in results]) * 1000 if results else np.array([0.0])
+    return {
+        "n": len(results),
+        "verdict_accuracy": _rate(verdicts),
+        "section_hit_rate": _rate(hits),
+        "abstention_precision": _rate([bool(r.item.get("expect_abstain")) for r in did]) if did else None,
+        "abstention_recall": _rate([r.abstained for r in should]),
+        "false_abstentions": sum(1 for r in did if not r.item.get("expect_abstain")),
+        "language_match": _rate([r.language == r.item.get("lang", r.language) for r in results]),
+        "invalid_citations": sum(r.invalid for r in results),
+        "latency_ms_p50": round(float(np.percentile(latencies, 50)), 1),
+        "latency_ms_p95": round(float(np.percentile(latencies, 95)), 1),
+    }
+
+
+def report(results: list[Result]) -> dict:
+    out = {}
+    for split in ("all", "dev", "heldout"):
+        chosen = [r for r in results if split == "all" or r.item.get("split", "dev") == split]
+        if not chosen:
+            continue
+        out[split] = {"overall": metrics(chosen)}
+        for lang in ("en", "ja"):
+            subset = [r for r in chosen if r.item.get("lang") == lang]
+            if subset:
+                out[split][lang] = metrics(subset)
+    return out
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and value <= 1.0:
+        return f"{value * 100:.1f}%"
+    return str(value)
+
+
+def table(summary: dict) -> str:
+    cols = ["n", "verdict_accuracy", "section_hit_rate", "abstention_precision", "abstention_recall",
+            "false_abstentions", "language_match", "invalid_citations", "latency_ms_p50", "latency_ms_p95"]
+    lines = ["| split | lang | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
+    for split, groups in summary.items():
+        for group, m in groups.items():
+            lines.append(f"| {split} | {group} | " + " | ".join(_fmt(m[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(settings: Settings, file: Path | None, split: str, as_json: bool, failures: bool) -> int:
+    path = file or settings.corpus_dir / "dev_set.jsonl"
+    try:
+        items = load_items(path)
+    except (OSError, ValueError) as exc:
+        print(f"eval: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    if split != "all":
+        items = [i for i in items if i.get("split", "dev") == split]
+    service = AnswerService(settings)
+    results = run(service, items)
+    summary = report(results)
+    if as_json:
+        print(json.dumps(summary, ensure_ascii=False))
+    else:
+        print(table(summary))
+    if failures:
+        for r in results:
+            bad = []
+            if r.verdict_ok is False:
+                bad.append(f"verdict {r.verdict} != {r.item.get('expected_verdict')}")
+            if r.section_hit is False:
+                bad.append(f"sections {r.sections} !~ {r.item.get('expected_sections')}")
+            if r.abstained != bool(r.item.get("expect_abstain")):
+                bad.append(f"abstained={r.abstained}")
+            if r.invalid:
+                bad.append(f"{r.invalid} invalid citations")
+            if bad:
+                print(f"FAIL {r.item.get('id')}: {'; '.join(bad)} :: {r.item['question'][:90]} {r.debug}",
+                      file=sys.stderr)
+    return 0

@@ -1,0 +1,182 @@
+"""The corpus' structured knowledge: sources (``corpus/sources.toml``) and the survey's decision flow
+(``corpus/decision_flow.toml``), read into frozen dataclasses. Nothing about the flow is hard-coded elsewhere."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+VERDICTS = ("llm", "fine_tuned", "neither", "depends")
+
+
+class KnowledgeError(ValueError):
+    """A corpus data file is missing or malformed; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    id: str
+    label: dict[str, str]
+    summary: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Condition:
+    step: int
+    id: str
+    figure_text: str
+    name: dict[str, str]
+    description: dict[str, str]
+    question: dict[str, str]
+    yes: str
+    no: str
+    sections: tuple[str, ...]
+    cues_yes: tuple[str, ...]
+    cues_no: tuple[str, ...]
+    numeric: dict | None
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    names: dict[str, tuple[str, ...]]
+    finding: dict[str, str]
+    verdict: str
+    sections: tuple[str, ...]
+    conditions: dict[str, bool]
+
+    @property
+    def all_names(self) -> tuple[str, ...]:
+        return self.names["en"] + self.names["ja"]
+
+
+@dataclass(frozen=True)
+class Consideration:
+    id: str
+    favours: str
+    sections: tuple[str, ...]
+    cues: tuple[str, ...]
+    note: dict[str, str]
+
+
+@dataclass(frozen=True)
+class DecisionFlow:
+    doc_id: str
+    figure_section: str
+    outcomes: dict[str, Outcome]
+    conditions: tuple[Condition, ...]
+    tasks: tuple[Task, ...]
+    considerations: tuple[Consideration, ...]
+
+    def condition(self, cid: str) -> Condition:
+        return next(c for c in self.conditions if c.id == cid)
+
+
+@dataclass(frozen=True)
+class Source:
+    doc_id: str
+    title: str
+    authors: tuple[str, ...]
+    year: int | None
+    url: str
+    lang: str
+
+    @property
+    def cite_as(self) -> str:
+        """Short attribution, e.g. 'Yang et al. (2023)'."""
+        if len(self.authors) > 1:
+            first = self.authors[0].split()[-1]
+            return f"{first} et al. ({self.year})" if self.year else f"{first} et al."
+        return self.title
+
+
+def _need(table: dict, key: str, where: str, file: Path):
+    if key not in table or table[key] in (None, ""):
+        raise KnowledgeError(f"{file}: {where} is missing '{key}'")
+    return table[key]
+
+
+def _pair(table: dict, stem: str, where: str, file: Path) -> dict[str, str]:
+    return {lang: str(_need(table, f"{stem}_{lang}", where, file)) for lang in ("en", "ja")}
+
+
+def _lower(items) -> tuple[str, ...]:
+    return tuple(str(x).lower() for x in items or ())
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise KnowledgeError(f"{path} not found; run from the repo root or set DOTCHI_CORPUS_DIR") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise KnowledgeError(f"{path}: invalid TOML: {exc}") from exc
+
+
+def load_flow(path: Path) -> DecisionFlow:
+    data = _read_toml(path)
+    outcomes = {
+        oid: Outcome(oid, _pair(o, "label", f"outcomes.{oid}", path), _pair(o, "summary", f"outcomes.{oid}", path))
+        for oid, o in _need(data, "outcomes", "the file", path).items()
+    }
+    targets = set(outcomes) | {"next"}
+    conditions = []
+    for i, c in enumerate(_need(data, "conditions", "the file", path)):
+        where = f"conditions[{i}]"
+        cond = Condition(
+            step=int(_need(c, "step", where, path)), id=str(_need(c, "id", where, path)),
+            figure_text=str(c.get("figure_text", "")), name=_pair(c, "name", where, path),
+            description=_pair(c, "description", where, path), question=_pair(c, "question", where, path),
+            yes=str(_need(c, "yes", where, path)), no=str(_need(c, "no", where, path)),
+            sections=tuple(str(s) for s in _need(c, "sections", where, path)),
+            cues_yes=_lower([*c.get("cues_yes_en", []), *c.get("cues_yes_ja", [])]),
+            cues_no=_lower([*c.get("cues_no_en", []), *c.get("cues_no_ja", [])]),
+            numeric=c.get("numeric"),
+        )
+        for branch in (cond.yes, cond.no):
+            if branch not in targets:
+                raise KnowledgeError(f"{path}: {where}.yes/no '{branch}' is not an outcome id or 'next'")
+        conditions.append(cond)
+    conditions.sort(key=lambda c: c.step)
+    cond_ids = {c.id for c in conditions}
+    tasks = []
+    for i, t in enumerate(data.get("tasks", [])):
+        where = f"tasks[{i}]"
+        verdict = str(_need(t, "verdict", where, path))
+        if verdict not in outcomes:
+            raise KnowledgeError(f"{path}: {where}.verdict '{verdict}' is not an outcome id")
+        conds = {str(k): bool(v) for k, v in (t.get("conditions") or {}).items()}
+        unknown = set(conds) - cond_ids
+        if unknown:
+            raise KnowledgeError(f"{path}: {where}.conditions names unknown condition(s) {sorted(unknown)}")
+        tasks.append(Task(
+            id=str(_need(t, "id", where, path)),
+            names={"en": _lower(_need(t, "names_en", where, path)), "ja": _lower(_need(t, "names_ja", where, path))},
+            finding=_pair(t, "finding", where, path), verdict=verdict,
+            sections=tuple(str(s) for s in _need(t, "sections", where, path)), conditions=conds,
+        ))
+    considerations = []
+    for i, c in enumerate(data.get("considerations", [])):
+        where = f"considerations[{i}]"
+        considerations.append(Consideration(
+            id=str(_need(c, "id", where, path)), favours=str(_need(c, "favours", where, path)),
+            sections=tuple(str(s) for s in _need(c, "sections", where, path)),
+            cues=_lower([*c.get("cues_en", []), *c.get("cues_ja", [])]), note=_pair(c, "note", where, path),
+        ))
+    return DecisionFlow(doc_id=str(data.get("doc_id", "yang2023harnessing")),
+                        figure_section=str(data.get("figure_section", "4")), outcomes=outcomes,
+                        conditions=tuple(conditions), tasks=tuple(tasks), considerations=tuple(considerations))
+
+
+def load_sources(path: Path) -> dict[str, Source]:
+    data = _read_toml(path)
+    out = {}
+    for i, s in enumerate(data.get("sources", [])):
+        where = f"sources[{i}]"
+        doc_id = str(_need(s, "doc_id", where, path))
+        out[doc_id] = Source(doc_id=doc_id, title=str(_need(s, "title", where, path)),
+                             authors=tuple(str(a) for a in s.get("authors", [])),
+                             year=int(s["year"]) if s.get("year") else None, url=str(s.get("url", "")),
+                             lang=str(s.get("lang", "en")))
+    return out

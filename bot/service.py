@@ -1,0 +1,161 @@
+"""The answering service used by the CLI, the UI, eval and bench: question → retrieval → decision → answer."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+from bot.compose import T, Citations, compose_content, compose_decision, with_sources
+from bot.engine import Decision, DecisionEngine
+from bot.knowledge import load_flow, load_sources
+from bot.retrieval import HybridRetriever
+from bot.text import detect_language, normalize_question, tokenize
+from ingest.config import Settings
+from ingest.embeddings import Embedder, load_embedder
+from ingest.store import ChunkStore
+
+_CITE = re.compile(r"\[(\d+)\]")
+# Words that place a question in dotchi's domain (models, training, NLP tasks); used by the relevance gate.
+DOMAIN_TERMS = ("llm", "language model", "model", "fine-tun", "finetun", "bert", "gpt", "chatgpt", "nlp", "prompt",
+                "label", "dataset", "training", "survey", "paper", "remark", "transformer", "token", "lora",
+                "embedding", "annotat", "classif", "inference", "モデル", "ファインチューニング", "微調整", "学習",
+                "ラベル", "データ", "サーベイ", "論文", "言語", "推論", "分類", "プロンプト", "アノテーション", "生成")
+
+
+@dataclass
+class Answer:
+    question: str
+    language: str
+    verdict: str | None
+    abstained: bool
+    answer: str
+    flow_path: list[dict]
+    citations: list[dict]
+    seconds: float = 0.0
+    deciding_step: int | None = None
+    task: str | None = None
+    notice: str | None = None
+    debug: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The stable CLI/API contract (plus a few extra keys: deciding_step, task, notice)."""
+        return {"question": self.question, "language": self.language, "verdict": self.verdict,
+                "abstained": self.abstained, "answer": self.answer, "flow_path": self.flow_path,
+                "citations": self.citations, "deciding_step": self.deciding_step, "task": self.task,
+                "notice": self.notice}
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Relevance gate thresholds on the best dense similarity (tuned on the dev set; see README)."""
+
+    accept: float = 0.84  # at or above: in scope whatever the words
+    with_domain: float = 0.80  # at or above, with a domain word or a catalog/flow match: in scope
+
+
+class AnswerService:
+    def __init__(self, settings: Settings, embedder: Embedder | None = None, store: ChunkStore | None = None,
+                 gate: Gate | None = None) -> None:
+        self.settings = settings
+        self.embedder = embedder or load_embedder(settings)
+        self.store = store or ChunkStore(settings)
+        self.retriever = HybridRetriever(self.store, self.embedder)
+        self.flow = load_flow(settings.corpus_dir / "decision_flow.toml")
+        self.sources = load_sources(settings.corpus_dir / "sources.toml")
+        self.engine = DecisionEngine(self.flow, self.embedder.encode_queries, self.embedder.encode_documents)
+        self.gate = gate or Gate()
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.retriever.chunks)
+
+    def ask(self, question: str) -> Answer:
+        started = time.perf_counter()
+        raw = question if isinstance(question, str) else str(question)
+        text = normalize_question(raw)
+        notice = None
+        if len(text) > self.settings.max_question_chars:
+            text = text[: self.settings.max_question_chars]
+            notice = "truncated"
+        lang = detect_language(text)
+        if not re.search(r"\w", text):
+            return self._finish(Answer(raw, lang, None, True, T[lang]["empty"], [], [], notice=notice), started)
+        lowered = text.lower()
+        vector = self.retriever.embed_query(text)
+        decision = self.engine.decide(lowered, vector)
+        extra = [name for t in ([decision.task] if decision.task else []) for name in t.all_names[:6]]
+        hits = self.retriever.search(text, k=8, extra_terms=tokenize(" ".join(extra)), vector=vector)
+        top_dense = max((h.dense for h in hits), default=0.0)
+        domain = any(term in lowered for term in DOMAIN_TERMS)
+        matched = decision.task is not None and decision.task_score >= 1.0
+        in_scope = bool(hits) and (top_dense >= self.gate.accept or
+                                   (top_dense >= self.gate.with_domain and (domain or matched)))
+        debug = {"top_dense": round(top_dense, 4), "domain": domain, "task": decision.task.id if decision.task else None,
+                 "task_score": round(decision.task_score, 3), "is_decision": decision.is_decision}
+        if not in_scope:
+            return self._finish(Answer(raw, lang, None, True, T[lang]["abstain"], [], [], notice=notice,
+                                       debug=debug), started)
+        cites = Citations(self.sources)
+        if decision.is_decision and decision.verdict:
+            def evidence(sections, exact=False):
+                found = self.retriever.best_in_sections(vector, list(sections), self.flow.doc_id, lang, exact=exact)
+                return found[0][0] if found else None
+
+            body = compose_decision(decision, self.flow, lang, evidence, cites)
+            answer = Answer(raw, lang, decision.verdict, False, "", self._path_json(decision, lang), [],
+                            deciding_step=decision.deciding.condition.step if decision.deciding else None,
+                            task=decision.task.id if decision.task else None, notice=notice, debug=debug)
+        else:
+            chosen = self._content_chunks(hits, lang)
+            body = compose_content(chosen, text, lang, cites)
+            answer = Answer(raw, lang, None, False, "", [], [], notice=notice, debug=debug)
+        answer.answer = with_sources(body, lang, cites)
+        answer.citations = [c.to_json() for c in cites.items]
+        return self._finish(answer, started)
+
+    def ask_many(self, questions: list[str]) -> list[Answer]:
+        return [self.ask(q) for q in questions]
+
+    @staticmethod
+    def _content_chunks(hits, lang: str, limit: int = 3):
+        """Top fused hits (one per source file), the question's language first, at most ``limit``."""
+        top, seen = [], set()
+        for hit in hits[:8]:
+            path = hit.chunk.metadata.get("source_path")
+            if path not in seen:
+                seen.add(path)
+                top.append(hit.chunk)
+        top = top[:6]
+        same = [c for c in top if c.metadata.get("lang") == lang]
+        other = [c for c in top if c.metadata.get("lang") != lang]
+        return (same + other)[:limit]
+
+    @staticmethod
+    def _path_json(decision: Decision, lang: str) -> list[dict]:
+        return [{"step": s.condition.step, "condition": s.condition.name[lang], "holds": s.holds,
+                 "id": s.condition.id} for s in decision.path]
+
+    @staticmethod
+    def _finish(answer: Answer, started: float) -> Answer:
+        answer.seconds = round(time.perf_counter() - started, 4)
+        return answer
+
+
+def check_citations(answer: Answer, store_ids: set[str] | None = None) -> list[str]:
+    """Problems with an answer's citations (empty list = valid): every [n] has a citation, every citation is
+    used, numbers are 1..N, and (given ``store_ids``) every cited chunk is in the store."""
+    problems = []
+    used = {int(n) for n in _CITE.findall(answer.answer)}
+    listed = [c["n"] for c in answer.citations]
+    if sorted(listed) != list(range(1, len(listed) + 1)):
+        problems.append(f"citation numbers are not 1..N: {listed}")
+    if used - set(listed):
+        problems.append(f"markers without a citation: {sorted(used - set(listed))}")
+    if set(listed) - used:
+        problems.append(f"citations never referenced: {sorted(set(listed) - used)}")
+    if store_ids is not None:
+        missing = [c["chunk_id"] for c in answer.citations if c["chunk_id"] not in store_ids]
+        if missing:
+            problems.append(f"cited chunks not in the store: {missing}")
+    return problems
