@@ -45,6 +45,7 @@ class Task:
     verdict: str
     sections: tuple[str, ...]
     conditions: dict[str, bool]
+    generic: bool = False  # a task family (e.g. "text classification"): sets conditions, never overrides the flow
 
     @property
     def all_names(self) -> tuple[str, ...]:
@@ -155,6 +156,7 @@ def load_flow(path: Path) -> DecisionFlow:
             names={"en": _lower(_need(t, "names_en", where, path)), "ja": _lower(_need(t, "names_ja", where, path))},
             finding=_pair(t, "finding", where, path), verdict=verdict,
             sections=tuple(str(s) for s in _need(t, "sections", where, path)), conditions=conds,
+            generic=bool(t.get("generic", False)),
         ))
     considerations = []
     for i, c in enumerate(data.get("considerations", [])):

@@ -39,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelError, StoreError) as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 2
+    for err in report.errors:  # also with --json: stdout stays one JSON object, stderr says what failed
+        print(f"FAILED {err['file']}: {err['error']}", file=sys.stderr)
     if args.json:
         print(json.dumps(report.to_json(), ensure_ascii=False))
     else:
-        for err in report.errors:
-            print(f"FAILED {err['file']}: {err['error']}", file=sys.stderr)
         print(report.summary())
     return 1 if report.failed_files else 0
 

@@ -126,9 +126,11 @@ def chunk_section(section: Section, chunk_size: int, overlap: int) -> list[Chunk
                                 page=section.page, char_start=section.start + start + lead,
                                 char_end=section.start + start + lead + len(body)))
         if i < len(units) and overlap > 0:
-            # Step back over whole trailing units that fit into the overlap (but always make progress).
+            # Step back over whole trailing units that fit into the overlap (but always make progress, and only
+            # as far as the next unit still fits after them: a chunk of nothing but overlap would be redundant).
             back = i
-            while back - 1 > first and size(units[back - 1].start, units[i - 1].end) <= overlap:
+            while (back - 1 > first and size(units[back - 1].start, units[i - 1].end) <= overlap
+                   and size(units[back - 1].start, units[i].end) <= chunk_size):
                 back -= 1
             i = back
     return chunks

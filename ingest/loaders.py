@@ -153,7 +153,10 @@ def _simple_header(block: str) -> dict | None:
         key, sep, value = line.partition(":")
         if not sep or not re.fullmatch(r"[A-Za-z_][\w-]*", key.strip()):
             return None
-        meta[key.strip()] = value.strip().strip('"')
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]  # only a matching pair: '"A" (blog)' keeps its quotes
+        meta[key.strip()] = value
     return meta
 
 
@@ -262,13 +265,12 @@ def _load_html(path: Path, text: str) -> LoadedDoc:
 
 def _load_pdf(path: Path) -> LoadedDoc:
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
 
     try:
         reader = PdfReader(str(path), strict=False)
         pages = [normalize(page.extract_text() or "") for page in reader.pages]
         info_title = (reader.metadata.title if reader.metadata else None) or ""
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - pypdf raises many types (NotImplementedError, ...) on corrupt input
         raise LoadError(f"cannot read PDF ({type(exc).__name__}: {exc}); the file may be corrupt or truncated") from exc
     if not any(p.strip() for p in pages):
         raise LoadError("PDF has no extractable text (scanned images?); OCR it first")
@@ -300,7 +302,7 @@ def load_file(path: Path, max_bytes: int) -> LoadedDoc:
         raise LoadError(f"unsupported file type '{suffix}' (supported: {', '.join(sorted(SUPPORTED_SUFFIXES))})")
     size = path.stat().st_size
     if size > max_bytes:
-        raise LoadError(f"file too large ({size / 1e6:.1f} MB > {max_bytes / 1e6:.0f} MB limit; "
+        raise LoadError(f"file too large ({size / 1e6:g} MB > {max_bytes / 1e6:g} MB limit; "
                         "raise DOTCHI_MAX_FILE_MB to allow it)")
     if size == 0:
         raise LoadError("empty file")

@@ -17,7 +17,7 @@ from ingest.embeddings import Embedder, load_embedder
 from ingest.loaders import SUPPORTED_SUFFIXES, LoadedDoc, LoadError, load_file
 from ingest.store import ChunkStore, FileRecord
 
-CHUNKER_VERSION = 2  # bump when chunking output changes for the same settings: forces a rebuild
+CHUNKER_VERSION = 3  # bump when chunking output changes for the same settings: forces a rebuild
 
 
 @dataclass
@@ -148,6 +148,8 @@ def run_ingest(settings: Settings, paths: list[Path] | None = None, *, rebuild: 
     max_bytes = int(settings.max_file_mb * 1_000_000)
     for path in files:
         key = file_key(path)
+        if key in seen:  # named twice (e.g. a folder and a file inside it)
+            continue
         seen.add(key)
         try:
             if path.stat().st_size > max_bytes:  # don't even hash a huge file
