@@ -24,12 +24,12 @@ T = {
         "because_task": " (typical of this task)",
         "because_multi": " (you list {evidence} different tasks)",
         "common_nlu": "Step {step} of Figure 2, *{name}*: no. Common NLU/NLG tasks that are not knowledge-intensive "
-                      "go to fine-tuned models.",
+        "go to fine-tuned models.",
         "side_task": "The survey's finding for {name} favours: **{label}**.",
         "side_flow": "Walking Figure 2 with what you told me ends at step {step} (*{name}*) with: **{label}**.",
         "side_cons": "{note} This favours: **{label}**.",
         "unknown": "Your question does not say enough to walk the flow. The first open question is step {step}: "
-                   "{question}",
+        "{question}",
         "path": "**Path through the survey's decision flow (Figure 2)**",
         "path_item": "{step}. {name}: {answer}",
         "answers": {True: "yes", False: "no", None: "not stated (taken as no)"},
@@ -40,9 +40,9 @@ T = {
         "sources": "**Sources**",
         "content_intro": "Here is what the knowledge base says:",
         "abstain": "Sorry — that question is outside what dotchi knows. dotchi answers whether to use an LLM or a "
-                   "fine-tuned smaller model for an NLP task, based on Yang et al. (2023), *Harnessing the Power of "
-                   "LLMs in Practice*. Try describing your task, e.g. “sentiment analysis with 200k labels: LLM or "
-                   "fine-tuning?”",
+        "fine-tuned smaller model for an NLP task, based on Yang et al. (2023), *Harnessing the Power of "
+        "LLMs in Practice*. Try describing your task, e.g. “sentiment analysis with 200k labels: LLM or "
+        "fine-tuning?”",
         "empty": "Please type a question, e.g. “NER with 50k labelled sentences: LLM or fine-tuning?”",
         "section": "§{section}",
     },
@@ -58,7 +58,7 @@ T = {
         "because_task": "（このタスクの性質から）",
         "because_multi": "（{evidence}種類のタスクが挙がっているため）",
         "common_nlu": "図2のステップ{step}「{name}」: いいえ。知識集約型でない一般的なNLU/NLGタスクは、"
-                      "ファインチューニングしたモデルが向いています。",
+        "ファインチューニングしたモデルが向いています。",
         "side_task": "{name}についてのサーベイの結論は「**{label}**」です。",
         "side_flow": "いただいた条件で図2をたどると、ステップ{step}「{name}」で「**{label}**」になります。",
         "side_cons": "{note} この点からは「**{label}**」です。",
@@ -73,9 +73,9 @@ T = {
         "sources": "**出典**",
         "content_intro": "ナレッジベースの該当箇所です。",
         "abstain": "申し訳ありません。そのご質問は dotchi の対象外です。dotchi は、Yang ら（2023）のサーベイ"
-                   "『Harnessing the Power of LLMs in Practice』に基づき、NLPタスクに LLM を使うべきか、"
-                   "小さなモデルをファインチューニングすべきかをお答えします。例:「感情分析でラベル付きデータが"
-                   "20万件ある。LLMとファインチューニング、どっち？」",
+        "『Harnessing the Power of LLMs in Practice』に基づき、NLPタスクに LLM を使うべきか、"
+        "小さなモデルをファインチューニングすべきかをお答えします。例:「感情分析でラベル付きデータが"
+        "20万件ある。LLMとファインチューニング、どっち？」",
         "empty": "質問を入力してください。例:「固有表現抽出（NER）にはLLMとファインチューニング、どっち？」",
         "section": "§{section}",
     },
@@ -94,8 +94,16 @@ class Citation:
 
     def to_json(self) -> dict:
         meta = self.chunk.metadata
-        out = {"n": self.n, "doc_id": meta.get("doc_id", ""), "title": self.title, "section": self.section,
-               "url": self.url, "text": self.chunk.text, "chunk_id": self.chunk.id, "lang": meta.get("lang", "")}
+        out = {
+            "n": self.n,
+            "doc_id": meta.get("doc_id", ""),
+            "title": self.title,
+            "section": self.section,
+            "url": self.url,
+            "text": self.chunk.text,
+            "chunk_id": self.chunk.id,
+            "lang": meta.get("lang", ""),
+        }
         if "page" in meta:
             out["page"] = meta["page"]
         return out
@@ -118,8 +126,15 @@ class Citations:
         source = self.sources.get(meta.get("doc_id", ""))
         card = str(meta.get("title", ""))
         title = f"{source.cite_as} — {card}" if source and card and source.cite_as not in card else (card or "")
-        self.items.append(Citation(len(self.items) + 1, chunk, title or str(meta.get("doc_id", "")),
-                                   str(meta.get("section", "")), str(meta.get("url", "") or (source.url if source else ""))))
+        self.items.append(
+            Citation(
+                len(self.items) + 1,
+                chunk,
+                title or str(meta.get("doc_id", "")),
+                str(meta.get("section", "")),
+                str(meta.get("url", "") or (source.url if source else "")),
+            )
+        )
         return f" [{self.items[-1].n}]"
 
     def render(self, lang: str) -> list[str]:
@@ -150,65 +165,107 @@ def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence
     ``exact``, under) those sections."""
     t = T[lang]
     verdict = decision.verdict or "depends"
-    lines = [t["verdict"].format(label=flow.outcomes[verdict].label[lang]), "",
-             flow.outcomes[verdict].summary[lang], ""]
+    lines = [
+        t["verdict"].format(label=flow.outcomes[verdict].label[lang]),
+        "",
+        flow.outcomes[verdict].summary[lang],
+        "",
+    ]
     task = decision.task
     deciding = decision.deciding
     flow_label = flow.outcomes[decision.flow_verdict].label[lang] if decision.flow_verdict else ""
     if verdict == "depends" and "unknown" in decision.conflicts:
         first_open = next((s for s in decision.path if s.holds is None), decision.path[0])
-        lines += [t["why"], "- " + t["unknown"].format(step=first_open.condition.step,
-                                                        question=first_open.condition.question[lang])
-                  + cites.cite(evidence(first_open.condition.sections))]
+        lines += [
+            t["why"],
+            "- "
+            + t["unknown"].format(step=first_open.condition.step, question=first_open.condition.question[lang])
+            + cites.cite(evidence(first_open.condition.sections)),
+        ]
     elif verdict == "depends":
         lines += [t["depends_intro"]]
         if task is not None and ("task" in decision.conflicts or decision.considerations):
-            lines.append("- " + t["side_task"].format(name=task.names[lang][0] if task.names[lang] else task.id,
-                                                        label=flow.outcomes[task.verdict].label[lang])
-                         + " " + task.finding[lang] + cites.cite(evidence(task.sections)))
+            lines.append(
+                "- "
+                + t["side_task"].format(
+                    name=task.names[lang][0] if task.names[lang] else task.id,
+                    label=flow.outcomes[task.verdict].label[lang],
+                )
+                + " "
+                + task.finding[lang]
+                + cites.cite(evidence(task.sections))
+            )
         for key in decision.conflicts:
             if key.startswith("task:"):
                 other = next(x for x in decision.extra_tasks if x.id == key[5:])
-                lines.append("- " + t["side_task"].format(name=other.names[lang][0],
-                                                            label=flow.outcomes[other.verdict].label[lang])
-                             + " " + other.finding[lang] + cites.cite(evidence(other.sections)))
+                lines.append(
+                    "- "
+                    + t["side_task"].format(name=other.names[lang][0], label=flow.outcomes[other.verdict].label[lang])
+                    + " "
+                    + other.finding[lang]
+                    + cites.cite(evidence(other.sections))
+                )
         if deciding is not None:
-            lines.append("- " + t["side_flow"].format(step=deciding.condition.step, name=deciding.condition.name[lang],
-                                                        label=flow_label)
-                         + " " + deciding.condition.description[lang] + cites.cite(evidence(deciding.condition.sections)))
+            lines.append(
+                "- "
+                + t["side_flow"].format(
+                    step=deciding.condition.step, name=deciding.condition.name[lang], label=flow_label
+                )
+                + " "
+                + deciding.condition.description[lang]
+                + cites.cite(evidence(deciding.condition.sections))
+            )
         for cons in decision.considerations:
             if cons.favours in flow.outcomes:
-                lines.append("- " + t["side_cons"].format(note=cons.note[lang],
-                                                            label=flow.outcomes[cons.favours].label[lang])
-                             + cites.cite(evidence(cons.sections)))
+                lines.append(
+                    "- "
+                    + t["side_cons"].format(note=cons.note[lang], label=flow.outcomes[cons.favours].label[lang])
+                    + cites.cite(evidence(cons.sections))
+                )
     else:
         lines.append(t["why"])
         if task is not None:
             name = task.names[lang][0] if task.names[lang] else task.id
-            lines.append("- " + t["task"].format(name=name, finding=task.finding[lang]) + cites.cite(evidence(task.sections)))
+            lines.append(
+                "- " + t["task"].format(name=name, finding=task.finding[lang]) + cites.cite(evidence(task.sections))
+            )
         for state in decision.path:
             if state is deciding:
                 continue
             if state.why in ("cue", "labels", "multi"):
-                lines.append("- " + t["cond_no"].format(step=state.condition.step, name=state.condition.name[lang],
-                                                          because=_because(state, lang))
-                             + cites.cite(evidence(state.condition.sections)))
+                lines.append(
+                    "- "
+                    + t["cond_no"].format(
+                        step=state.condition.step, name=state.condition.name[lang], because=_because(state, lang)
+                    )
+                    + cites.cite(evidence(state.condition.sections))
+                )
         if deciding is not None:
             cond = deciding.condition
             if deciding.holds:
-                text = t["cond_yes"].format(step=cond.step, name=cond.name[lang], because=_because(deciding, lang),
-                                            description=cond.description[lang])
+                text = t["cond_yes"].format(
+                    step=cond.step,
+                    name=cond.name[lang],
+                    because=_because(deciding, lang),
+                    description=cond.description[lang],
+                )
             elif cond.no != "next" and cond.no == "fine_tuned":
                 text = t["common_nlu"].format(step=cond.step, name=cond.name[lang])
             else:
                 text = t["cond_no"].format(step=cond.step, name=cond.name[lang], because=_because(deciding, lang))
-                text = text.rsplit("。" if lang == "ja" else ". ", 1)[0] + ("。" if lang == "ja" else ". ") \
+                text = (
+                    text.rsplit("。" if lang == "ja" else ". ", 1)[0]
+                    + ("。" if lang == "ja" else ". ")
                     + cond.description[lang]
+                )
             lines.append("- " + text + cites.cite(evidence(cond.sections)))
     lines += ["", t["path"] + cites.cite(evidence([flow.figure_section], exact=True))]
     for state in decision.path:
-        lines.append(t["path_item"].format(step=state.condition.step, name=state.condition.name[lang],
-                                           answer=t["answers"][state.holds]))
+        lines.append(
+            t["path_item"].format(
+                step=state.condition.step, name=state.condition.name[lang], answer=t["answers"][state.holds]
+            )
+        )
     if decision.flow_verdict:
         lines.append(t["outcome"].format(label=flow_label))
     cautions = [c for c in decision.considerations if verdict != "depends" or c.favours not in flow.outcomes]
@@ -218,10 +275,15 @@ def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence
     if decision.flips:
         lines += ["", t["flips"]]
         for state, new_verdict in decision.flips[:3]:
-            lines.append("- " + t["flip"].format(question=state.condition.question[lang],
-                                                 answer=FLIP_ANSWER[lang][not bool(state.holds)],
-                                                 label=flow.outcomes[new_verdict].label[lang],
-                                                 step=state.condition.step))
+            lines.append(
+                "- "
+                + t["flip"].format(
+                    question=state.condition.question[lang],
+                    answer=FLIP_ANSWER[lang][not bool(state.holds)],
+                    label=flow.outcomes[new_verdict].label[lang],
+                    step=state.condition.step,
+                )
+            )
     return "\n".join(lines)
 
 

@@ -16,29 +16,136 @@ import numpy as np
 from bot.knowledge import Condition, Consideration, DecisionFlow, Task
 from bot.text import tokenize_cached
 
-_NUMBER = re.compile(
-    r"(?P<num>\d+(?:[.,]\d+)*)\s*(?P<unit>k\b|m\b|thousand|million|万|千|百)?", re.IGNORECASE)
-_WORD_NUMBERS = {"zero": 0, "no": 0, "practically no": 0, "ゼロ": 0, "0件": 0, "a handful of": 5, "handful of": 5, "a few dozen": 36, "few dozen": 36, "a dozen": 12,
-                 "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-                 "nine": 9, "ten": 10, "twenty": 20, "fifty": 50, "a hundred": 100, "hundreds of": 300,
-                 "thousands of": 3000, "millions of": 3_000_000, "数件": 5, "十数件": 15, "数十件": 50, "数百件": 300,
-                 "数千件": 3000, "数万件": 30_000, "数百万": 3_000_000}
+_NUMBER = re.compile(r"(?P<num>\d+(?:[.,]\d+)*)\s*(?P<unit>k\b|m\b|thousand|million|万|千|百)?", re.IGNORECASE)
+_WORD_NUMBERS = {
+    "zero": 0,
+    "no": 0,
+    "practically no": 0,
+    "ゼロ": 0,
+    "0件": 0,
+    "a handful of": 5,
+    "handful of": 5,
+    "a few dozen": 36,
+    "few dozen": 36,
+    "a dozen": 12,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "twenty": 20,
+    "fifty": 50,
+    "a hundred": 100,
+    "hundreds of": 300,
+    "thousands of": 3000,
+    "millions of": 3_000_000,
+    "数件": 5,
+    "十数件": 15,
+    "数十件": 50,
+    "数百件": 300,
+    "数千件": 3000,
+    "数万件": 30_000,
+    "数百万": 3_000_000,
+}
 _UNITS = {"k": 1_000, "thousand": 1_000, "m": 1_000_000, "million": 1_000_000, "万": 10_000, "千": 1_000, "百": 100}
 # Words that make a nearby count a count of labelled training examples.
-_LABEL_WORDS = ("label", "annotat", "training example", "training data", "examples", "samples", "labelled",
-                "labeled", "scored example", "parallel", "ラベル", "正解", "アノテーション", "教師データ", "学習データ",
-                "学習用", "実績データ", "訓練データ", "対訳", "注釈")
+_LABEL_WORDS = (
+    "label",
+    "annotat",
+    "training example",
+    "training data",
+    "examples",
+    "samples",
+    "labelled",
+    "labeled",
+    "scored example",
+    "parallel",
+    "ラベル",
+    "正解",
+    "アノテーション",
+    "教師データ",
+    "学習データ",
+    "学習用",
+    "実績データ",
+    "訓練データ",
+    "対訳",
+    "注釈",
+)
 _PER_WORDS = ("per ", "each", "各", "ずつ", "ごと")
 # Phrases that ask for a choice between model types (a content cue does not override these).
-_DECISION_CUES = ("should i", "should we", "which kind of model", "which model", "llm or", "or an llm", "or a llm",
-                  "or fine-tun", "or a fine-tuned", "or a small", " vs", "versus", "worth", "is an llm", "do we need",
-                  "do i need", "is a small model enough", "どっち", "どちら", "べき", "向いて", "向く", "選ぶ",
-                  "足り", "大丈夫", "アリ", "意味って", "勝ち", "おすすめ", "いいでしょう", "いい?")
-_CONTENT_CUES = ("what does the survey", "what does the paper", "according to the survey", "the survey say",
-                 "the paper say", "explain", "summarize", "summarise", "define", "definition", "what are the",
-                 "what is the", "what role", "how does the paper", "how does the survey", "remark ", "does the survey",
-                 "サーベイは", "サーベイでは", "論文では", "論文の", "について", "とは", "教えて", "違いは", "述べ",
-                 "論じ", "指摘", "書かれ", "挙げられ", "何と言", "どう書", "内容")
+_DECISION_CUES = (
+    "should i",
+    "should we",
+    "which kind of model",
+    "which model",
+    "llm or",
+    "or an llm",
+    "or a llm",
+    "or fine-tun",
+    "or a fine-tuned",
+    "or a small",
+    " vs",
+    "versus",
+    "worth",
+    "is an llm",
+    "do we need",
+    "do i need",
+    "is a small model enough",
+    "どっち",
+    "どちら",
+    "べき",
+    "向いて",
+    "向く",
+    "選ぶ",
+    "足り",
+    "大丈夫",
+    "アリ",
+    "意味って",
+    "勝ち",
+    "おすすめ",
+    "いいでしょう",
+    "いい?",
+)
+_CONTENT_CUES = (
+    "what does the survey",
+    "what does the paper",
+    "according to the survey",
+    "the survey say",
+    "the paper say",
+    "explain",
+    "summarize",
+    "summarise",
+    "define",
+    "definition",
+    "what are the",
+    "what is the",
+    "what role",
+    "how does the paper",
+    "how does the survey",
+    "remark ",
+    "does the survey",
+    "サーベイは",
+    "サーベイでは",
+    "論文では",
+    "論文の",
+    "について",
+    "とは",
+    "教えて",
+    "違いは",
+    "述べ",
+    "論じ",
+    "指摘",
+    "書かれ",
+    "挙げられ",
+    "何と言",
+    "どう書",
+    "内容",
+)
 
 
 @dataclass
@@ -67,8 +174,31 @@ class Decision:
     cue_hit: bool = False  # the question itself settled a flow condition or raised a consideration
 
 
-_SUFFIXES = ("izations", "ization", "isation", "ations", "ation", "izing", "ising", "izes", "ises", "ized", "ised",
-             "ize", "ise", "ings", "ing", "ions", "ion", "ers", "er", "ed", "es", "s", "e")
+_SUFFIXES = (
+    "izations",
+    "ization",
+    "isation",
+    "ations",
+    "ation",
+    "izing",
+    "ising",
+    "izes",
+    "ises",
+    "ized",
+    "ised",
+    "ize",
+    "ise",
+    "ings",
+    "ing",
+    "ions",
+    "ion",
+    "ers",
+    "er",
+    "ed",
+    "es",
+    "s",
+    "e",
+)
 _ASCII_WORD = re.compile(r"[a-z0-9]+|[^a-z0-9\s]")
 
 
@@ -139,9 +269,14 @@ class DecisionEngine:
         self.flow = flow
         self._embed_queries = embed_queries
         self.task_matrix: np.ndarray | None = None
+        for task in flow.tasks:  # warm the alias-term cache so the first question is not slow
+            for name in task.all_names:
+                _terms(name)
         if embed_documents is not None and flow.tasks:
-            texts = [f"{' / '.join(t.names['en'][:4])} / {' / '.join(t.names['ja'][:4])}. {t.finding['en']}"
-                     for t in flow.tasks]
+            texts = [
+                f"{' / '.join(t.names['en'][:4])} / {' / '.join(t.names['ja'][:4])}. {t.finding['en']}"
+                for t in flow.tasks
+            ]
             self.task_matrix = embed_documents(texts)
 
     # ------------------------------------------------------------------ reading the question
@@ -166,7 +301,9 @@ class DecisionEngine:
             return [(self.flow.tasks[idx], float(sims[idx]))]
         return []
 
-    def read_conditions(self, text: str, task: Task | None, n_tasks: int) -> tuple[dict[str, ConditionState], int | None]:
+    def read_conditions(
+        self, text: str, task: Task | None, n_tasks: int
+    ) -> tuple[dict[str, ConditionState], int | None]:
         states: dict[str, ConditionState] = {}
         count = label_count(text)
         stemmed = stem_text(text)
@@ -227,16 +364,30 @@ class DecisionEngine:
         considerations = [c for c in self.flow.considerations if _longest(text, c.cues, stemmed)]
         is_decision = self.is_decision_question(text, task is not None, cue_hit or bool(considerations))
         flow_verdict, path = self.walk(states)
-        decision = Decision(is_decision=is_decision, verdict=None, flow_verdict=flow_verdict, task=task,
-                            task_score=score, states=states, path=path, deciding=path[-1],
-                            considerations=considerations, label_count=count, extra_tasks=lexical[1:],
-                            cue_hit=cue_hit or bool(considerations))
+        decision = Decision(
+            is_decision=is_decision,
+            verdict=None,
+            flow_verdict=flow_verdict,
+            task=task,
+            task_score=score,
+            states=states,
+            path=path,
+            deciding=path[-1],
+            considerations=considerations,
+            label_count=count,
+            extra_tasks=lexical[1:],
+            cue_hit=cue_hit or bool(considerations),
+        )
         if not is_decision:
             return decision
         verdict = flow_verdict
         multi_task = states.get("multi_task")
-        if task is not None and not task.generic and task.verdict != flow_verdict \
-                and not (multi_task and multi_task.holds):
+        if (
+            task is not None
+            and not task.generic
+            and task.verdict != flow_verdict
+            and not (multi_task and multi_task.holds)
+        ):
             decision.conflicts.append("task")
         for cons in considerations:
             if cons.favours in self.flow.outcomes and cons.favours != flow_verdict:
@@ -250,8 +401,9 @@ class DecisionEngine:
         decision.flips = self.flips(states, path, flow_verdict)
         return decision
 
-    def flips(self, states: dict[str, ConditionState], path: list[ConditionState],
-              verdict: str) -> list[tuple[ConditionState, str]]:
+    def flips(
+        self, states: dict[str, ConditionState], path: list[ConditionState], verdict: str
+    ) -> list[tuple[ConditionState, str]]:
         """For each condition on the path, the verdict if its answer were the other one."""
         out = []
         for state in path:

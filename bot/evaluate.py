@@ -60,9 +60,19 @@ def run(service: AnswerService, items: list[dict]) -> list[Result]:
     results = []
     for item in items:
         answer = service.ask(item["question"])
-        results.append(Result(item, answer.verdict, answer.abstained, answer.language,
-                              [c["section"] for c in answer.citations], len(check_citations(answer, store_ids)),
-                              answer.seconds, answer.answer, answer.debug))
+        results.append(
+            Result(
+                item,
+                answer.verdict,
+                answer.abstained,
+                answer.language,
+                [c["section"] for c in answer.citations],
+                len(check_citations(answer, store_ids)),
+                answer.seconds,
+                answer.answer,
+                answer.debug,
+            )
+        )
     return results
 
 
@@ -113,8 +123,18 @@ def _fmt(value) -> str:
 
 
 def table(summary: dict) -> str:
-    cols = ["n", "verdict_accuracy", "section_hit_rate", "abstention_precision", "abstention_recall",
-            "false_abstentions", "language_match", "invalid_citations", "latency_ms_p50", "latency_ms_p95"]
+    cols = [
+        "n",
+        "verdict_accuracy",
+        "section_hit_rate",
+        "abstention_precision",
+        "abstention_recall",
+        "false_abstentions",
+        "language_match",
+        "invalid_citations",
+        "latency_ms_p50",
+        "latency_ms_p95",
+    ]
     lines = ["| split | lang | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
     for split, groups in summary.items():
         for group, m in groups.items():
@@ -150,6 +170,7 @@ def main(settings: Settings, file: Path | None, split: str, as_json: bool, failu
             if r.invalid:
                 bad.append(f"{r.invalid} invalid citations")
             if bad:
-                print(f"FAIL {r.item.get('id')}: {'; '.join(bad)} :: {r.item['question'][:90]} {r.debug}",
-                      file=sys.stderr)
+                print(
+                    f"FAIL {r.item.get('id')}: {'; '.join(bad)} :: {r.item['question'][:90]} {r.debug}", file=sys.stderr
+                )
     return 0

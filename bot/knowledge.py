@@ -126,10 +126,14 @@ def load_flow(path: Path) -> DecisionFlow:
     for i, c in enumerate(_need(data, "conditions", "the file", path)):
         where = f"conditions[{i}]"
         cond = Condition(
-            step=int(_need(c, "step", where, path)), id=str(_need(c, "id", where, path)),
-            figure_text=str(c.get("figure_text", "")), name=_pair(c, "name", where, path),
-            description=_pair(c, "description", where, path), question=_pair(c, "question", where, path),
-            yes=str(_need(c, "yes", where, path)), no=str(_need(c, "no", where, path)),
+            step=int(_need(c, "step", where, path)),
+            id=str(_need(c, "id", where, path)),
+            figure_text=str(c.get("figure_text", "")),
+            name=_pair(c, "name", where, path),
+            description=_pair(c, "description", where, path),
+            question=_pair(c, "question", where, path),
+            yes=str(_need(c, "yes", where, path)),
+            no=str(_need(c, "no", where, path)),
             sections=tuple(str(s) for s in _need(c, "sections", where, path)),
             cues_yes=_lower([*c.get("cues_yes_en", []), *c.get("cues_yes_ja", [])]),
             cues_no=_lower([*c.get("cues_no_en", []), *c.get("cues_no_ja", [])]),
@@ -151,24 +155,40 @@ def load_flow(path: Path) -> DecisionFlow:
         unknown = set(conds) - cond_ids
         if unknown:
             raise KnowledgeError(f"{path}: {where}.conditions names unknown condition(s) {sorted(unknown)}")
-        tasks.append(Task(
-            id=str(_need(t, "id", where, path)),
-            names={"en": _lower(_need(t, "names_en", where, path)), "ja": _lower(_need(t, "names_ja", where, path))},
-            finding=_pair(t, "finding", where, path), verdict=verdict,
-            sections=tuple(str(s) for s in _need(t, "sections", where, path)), conditions=conds,
-            generic=bool(t.get("generic", False)),
-        ))
+        tasks.append(
+            Task(
+                id=str(_need(t, "id", where, path)),
+                names={
+                    "en": _lower(_need(t, "names_en", where, path)),
+                    "ja": _lower(_need(t, "names_ja", where, path)),
+                },
+                finding=_pair(t, "finding", where, path),
+                verdict=verdict,
+                sections=tuple(str(s) for s in _need(t, "sections", where, path)),
+                conditions=conds,
+                generic=bool(t.get("generic", False)),
+            )
+        )
     considerations = []
     for i, c in enumerate(data.get("considerations", [])):
         where = f"considerations[{i}]"
-        considerations.append(Consideration(
-            id=str(_need(c, "id", where, path)), favours=str(_need(c, "favours", where, path)),
-            sections=tuple(str(s) for s in _need(c, "sections", where, path)),
-            cues=_lower([*c.get("cues_en", []), *c.get("cues_ja", [])]), note=_pair(c, "note", where, path),
-        ))
-    return DecisionFlow(doc_id=str(data.get("doc_id", "yang2023harnessing")),
-                        figure_section=str(data.get("figure_section", "4")), outcomes=outcomes,
-                        conditions=tuple(conditions), tasks=tuple(tasks), considerations=tuple(considerations))
+        considerations.append(
+            Consideration(
+                id=str(_need(c, "id", where, path)),
+                favours=str(_need(c, "favours", where, path)),
+                sections=tuple(str(s) for s in _need(c, "sections", where, path)),
+                cues=_lower([*c.get("cues_en", []), *c.get("cues_ja", [])]),
+                note=_pair(c, "note", where, path),
+            )
+        )
+    return DecisionFlow(
+        doc_id=str(data.get("doc_id", "yang2023harnessing")),
+        figure_section=str(data.get("figure_section", "4")),
+        outcomes=outcomes,
+        conditions=tuple(conditions),
+        tasks=tuple(tasks),
+        considerations=tuple(considerations),
+    )
 
 
 def load_sources(path: Path) -> dict[str, Source]:
@@ -177,8 +197,12 @@ def load_sources(path: Path) -> dict[str, Source]:
     for i, s in enumerate(data.get("sources", [])):
         where = f"sources[{i}]"
         doc_id = str(_need(s, "doc_id", where, path))
-        out[doc_id] = Source(doc_id=doc_id, title=str(_need(s, "title", where, path)),
-                             authors=tuple(str(a) for a in s.get("authors", [])),
-                             year=int(s["year"]) if s.get("year") else None, url=str(s.get("url", "")),
-                             lang=str(s.get("lang", "en")))
+        out[doc_id] = Source(
+            doc_id=doc_id,
+            title=str(_need(s, "title", where, path)),
+            authors=tuple(str(a) for a in s.get("authors", [])),
+            year=int(s["year"]) if s.get("year") else None,
+            url=str(s.get("url", "")),
+            lang=str(s.get("lang", "en")),
+        )
     return out

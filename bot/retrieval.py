@@ -43,8 +43,9 @@ class BM25Index:
                 cols.append(self.vocab.setdefault(term, len(self.vocab)))
                 tfs.append(tf)
         n_docs = max(len(docs), 1)
-        tf = sparse.csr_matrix((np.array(tfs, dtype=np.float32), (rows, cols)),
-                               shape=(len(docs), max(len(self.vocab), 1)))
+        tf = sparse.csr_matrix(
+            (np.array(tfs, dtype=np.float32), (rows, cols)), shape=(len(docs), max(len(self.vocab), 1))
+        )
         df = np.bincount(np.array(cols, dtype=np.int64), minlength=max(len(self.vocab), 1)).astype(np.float32)
         idf = np.log(1.0 + (n_docs - df + 0.5) / (df + 0.5)).astype(np.float32)
         avgdl = float(lengths.mean()) if len(docs) else 1.0
@@ -74,16 +75,21 @@ class HybridRetriever:
         self.live = {path: rec.file_hash for path, rec in self.store.manifest().items()}
         self.chunks: list[StoredChunk] = list(self.store.iter_chunks(live_only=True))
         self.by_id = {c.id: i for i, c in enumerate(self.chunks)}
-        self.bm25 = BM25Index([tokenize(embedding_text_for(c.metadata.get("title", ""), c.text))
-                               for c in self.chunks])
+        self.bm25 = BM25Index([tokenize(embedding_text_for(c.metadata.get("title", ""), c.text)) for c in self.chunks])
         self.languages = sorted({c.metadata.get("lang", "en") for c in self.chunks}) or ["en"]
         self.sections = sorted({str(c.metadata.get("section", "")) for c in self.chunks})
 
     def embed_query(self, question: str) -> np.ndarray:
         return self.embedder.encode_queries([question])[0]
 
-    def search(self, question: str, k: int = 8, extra_terms: list[str] | None = None,
-               vector: np.ndarray | None = None, per_list: int = 20) -> list[Hit]:
+    def search(
+        self,
+        question: str,
+        k: int = 8,
+        extra_terms: list[str] | None = None,
+        vector: np.ndarray | None = None,
+        per_list: int = 20,
+    ) -> list[Hit]:
         """Fuse dense-per-language and BM25 rankings with reciprocal rank fusion."""
         if not self.chunks:
             return []
@@ -107,11 +113,16 @@ class HybridRetriever:
         return sorted(hits.values(), key=lambda h: -h.score)[:k]
 
     def dense(self, vector: np.ndarray, k: int, where: dict | None = None) -> list[tuple[StoredChunk, float]]:
-        got = self.store.chunks.query(query_embeddings=[vector.tolist()], n_results=k * 2, where=where,
-                                      include=["documents", "metadatas", "distances"])
+        got = self.store.chunks.query(
+            query_embeddings=[vector.tolist()],
+            n_results=k * 2,
+            where=where,
+            include=["documents", "metadatas", "distances"],
+        )
         out = []
-        for cid, text, meta, dist in zip(got["ids"][0], got["documents"][0], got["metadatas"][0],
-                                         got["distances"][0], strict=True):
+        for cid, text, meta, dist in zip(
+            got["ids"][0], got["documents"][0], got["metadatas"][0], got["distances"][0], strict=True
+        ):
             if self.live.get(meta.get("source_path")) == meta.get("generation"):
                 out.append((StoredChunk(cid, text, meta), 1.0 - float(dist)))
         return out[:k]
@@ -119,8 +130,9 @@ class HybridRetriever:
     def sections_under(self, section: str) -> list[str]:
         return [s for s in self.sections if s == section or s.startswith(section + ".")]
 
-    def best_in_sections(self, vector: np.ndarray, sections: list[str], doc_id: str, lang: str,
-                         k: int = 1, exact: bool = False) -> list[tuple[StoredChunk, float]]:
+    def best_in_sections(
+        self, vector: np.ndarray, sections: list[str], doc_id: str, lang: str, k: int = 1, exact: bool = False
+    ) -> list[tuple[StoredChunk, float]]:
         """Best chunks of ``doc_id`` within the given sections (or under them), preferring ``lang``."""
         wanted = sorted(set(sections) if exact else {s for sec in sections for s in self.sections_under(sec)})
         if not wanted:

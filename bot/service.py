@@ -6,7 +6,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from bot.compose import T, Citations, compose_content, compose_decision, with_sources
+from bot.compose import Citations, T, compose_content, compose_decision, with_sources
 from bot.engine import Decision, DecisionEngine
 from bot.knowledge import load_flow, load_sources
 from bot.retrieval import HybridRetriever
@@ -16,6 +16,8 @@ from ingest.embeddings import Embedder, load_embedder
 from ingest.store import ChunkStore
 
 _CITE = re.compile(r"\[(\d+)\]")
+
+
 @dataclass
 class Answer:
     question: str
@@ -33,10 +35,18 @@ class Answer:
 
     def to_json(self) -> dict:
         """The stable CLI/API contract (plus a few extra keys: deciding_step, task, notice)."""
-        return {"question": self.question, "language": self.language, "verdict": self.verdict,
-                "abstained": self.abstained, "answer": self.answer, "flow_path": self.flow_path,
-                "citations": self.citations, "deciding_step": self.deciding_step, "task": self.task,
-                "notice": self.notice}
+        return {
+            "question": self.question,
+            "language": self.language,
+            "verdict": self.verdict,
+            "abstained": self.abstained,
+            "answer": self.answer,
+            "flow_path": self.flow_path,
+            "citations": self.citations,
+            "deciding_step": self.deciding_step,
+            "task": self.task,
+            "notice": self.notice,
+        }
 
 
 @dataclass(frozen=True)
@@ -49,8 +59,13 @@ class Gate:
 
 
 class AnswerService:
-    def __init__(self, settings: Settings, embedder: Embedder | None = None, store: ChunkStore | None = None,
-                 gate: Gate | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder | None = None,
+        store: ChunkStore | None = None,
+        gate: Gate | None = None,
+    ) -> None:
         self.settings = settings
         self.embedder = embedder or load_embedder(settings)
         self.store = store or ChunkStore(settings)
@@ -59,6 +74,14 @@ class AnswerService:
         self.sources = load_sources(settings.corpus_dir / "sources.toml")
         self.engine = DecisionEngine(self.flow, self.embedder.encode_queries, self.embedder.encode_documents)
         self.gate = gate or Gate()
+        if settings.generator != "none":
+            import warnings
+
+            warnings.warn(
+                f"DOTCHI_GENERATOR={settings.generator}: LLM backends are not available in this version; "
+                "answers come from the built-in composer.",
+                stacklevel=2,
+            )
 
     @property
     def chunk_count(self) -> int:
@@ -83,22 +106,38 @@ class AnswerService:
         top_dense = max((h.dense for h in hits), default=0.0)
         matched = (decision.task is not None and decision.task_score >= 1.0) or decision.cue_hit
         in_scope = bool(hits) and (top_dense >= self.gate.accept or (top_dense >= self.gate.with_match and matched))
-        debug = {"top_dense": round(top_dense, 4), "task": decision.task.id if decision.task else None,
-                 "task_score": round(decision.task_score, 3), "is_decision": decision.is_decision,
-                 "cue_hit": decision.cue_hit}
+        debug = {
+            "top_dense": round(top_dense, 4),
+            "task": decision.task.id if decision.task else None,
+            "task_score": round(decision.task_score, 3),
+            "is_decision": decision.is_decision,
+            "cue_hit": decision.cue_hit,
+        }
         if not in_scope:
-            return self._finish(Answer(raw, lang, None, True, T[lang]["abstain"], [], [], notice=notice,
-                                       debug=debug), started)
+            return self._finish(
+                Answer(raw, lang, None, True, T[lang]["abstain"], [], [], notice=notice, debug=debug), started
+            )
         cites = Citations(self.sources)
         if decision.is_decision and decision.verdict:
+
             def evidence(sections, exact=False):
                 found = self.retriever.best_in_sections(vector, list(sections), self.flow.doc_id, lang, exact=exact)
                 return found[0][0] if found else None
 
             body = compose_decision(decision, self.flow, lang, evidence, cites)
-            answer = Answer(raw, lang, decision.verdict, False, "", self._path_json(decision, lang), [],
-                            deciding_step=decision.deciding.condition.step if decision.deciding else None,
-                            task=decision.task.id if decision.task else None, notice=notice, debug=debug)
+            answer = Answer(
+                raw,
+                lang,
+                decision.verdict,
+                False,
+                "",
+                self._path_json(decision, lang),
+                [],
+                deciding_step=decision.deciding.condition.step if decision.deciding else None,
+                task=decision.task.id if decision.task else None,
+                notice=notice,
+                debug=debug,
+            )
         else:
             chosen = self._content_chunks(hits, lang)
             body = compose_content(chosen, text, lang, cites)
@@ -126,8 +165,10 @@ class AnswerService:
 
     @staticmethod
     def _path_json(decision: Decision, lang: str) -> list[dict]:
-        return [{"step": s.condition.step, "condition": s.condition.name[lang], "holds": s.holds,
-                 "id": s.condition.id} for s in decision.path]
+        return [
+            {"step": s.condition.step, "condition": s.condition.name[lang], "holds": s.holds, "id": s.condition.id}
+            for s in decision.path
+        ]
 
     @staticmethod
     def _finish(answer: Answer, started: float) -> Answer:

@@ -17,8 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", type=Path, help="files or folders (default: corpus/cards)")
     parser.add_argument("--rebuild", action="store_true", help="drop the store and ingest everything again")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the counts")
-    parser.add_argument("--fetch", action="store_true",
-                        help="download the originals listed in corpus/sources.toml, then ingest them")
+    parser.add_argument(
+        "--fetch", action="store_true", help="download the originals listed in corpus/sources.toml, then ingest them"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
     settings = get_settings()

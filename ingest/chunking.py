@@ -93,8 +93,9 @@ def _break_long(text: str, span: Span, limit: int, size: _Measure) -> list[Span]
         window_end = cursor + 1
         while window_end < span.end and size(cursor, window_end + 1) <= limit:
             window_end += 1
-        space = max((m.start() for m in _WORD_BREAK.finditer(text, cursor + (window_end - cursor) // 2, window_end)),
-                    default=-1)
+        space = max(
+            (m.start() for m in _WORD_BREAK.finditer(text, cursor + (window_end - cursor) // 2, window_end)), default=-1
+        )
         cut = space if space > cursor else window_end
         pieces.append(Span(cursor, cut))
         cursor = cut
@@ -122,15 +123,25 @@ def chunk_section(section: Section, chunk_size: int, overlap: int) -> list[Chunk
         body = text[start:end].strip()
         if body:
             lead = len(text[start:end]) - len(text[start:end].lstrip())
-            chunks.append(Chunk(text=body, section=section.section, heading=tuple(section.heading),
-                                page=section.page, char_start=section.start + start + lead,
-                                char_end=section.start + start + lead + len(body)))
+            chunks.append(
+                Chunk(
+                    text=body,
+                    section=section.section,
+                    heading=tuple(section.heading),
+                    page=section.page,
+                    char_start=section.start + start + lead,
+                    char_end=section.start + start + lead + len(body),
+                )
+            )
         if i < len(units) and overlap > 0:
             # Step back over whole trailing units that fit into the overlap (but always make progress, and only
             # as far as the next unit still fits after them: a chunk of nothing but overlap would be redundant).
             back = i
-            while (back - 1 > first and size(units[back - 1].start, units[i - 1].end) <= overlap
-                   and size(units[back - 1].start, units[i].end) <= chunk_size):
+            while (
+                back - 1 > first
+                and size(units[back - 1].start, units[i - 1].end) <= overlap
+                and size(units[back - 1].start, units[i].end) <= chunk_size
+            ):
                 back -= 1
             i = back
     return chunks

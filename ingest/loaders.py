@@ -177,8 +177,11 @@ def _markdown_sections(body: str, offset: int, base_section: str) -> list[Sectio
     def flush(until: int) -> None:
         text = body[buf_start:until]
         if text.strip():
-            sections.append(Section(text=text, start=offset + buf_start, section=current_section(),
-                                    heading=[h for _, h, _ in stack]))
+            sections.append(
+                Section(
+                    text=text, start=offset + buf_start, section=current_section(), heading=[h for _, h, _ in stack]
+                )
+            )
 
     for line in body.splitlines(keepends=True):
         stripped = line.strip()
@@ -205,9 +208,14 @@ def _load_markdown(path: Path, text: str) -> LoadedDoc:
     if lang_code not in ("ja", "en"):
         lang_code = detect_lang(body)
     sections = _markdown_sections(body, offset, str(meta.get("section", "") or ""))
-    return LoadedDoc(path=path, doc_id=str(meta.get("doc_id") or _slug(path.stem)), title=title,
-                     url=str(meta.get("url") or meta.get("original_url") or "").split(" ")[0],
-                     lang=lang_code, sections=sections)
+    return LoadedDoc(
+        path=path,
+        doc_id=str(meta.get("doc_id") or _slug(path.stem)),
+        title=title,
+        url=str(meta.get("url") or meta.get("original_url") or "").split(" ")[0],
+        lang=lang_code,
+        sections=sections,
+    )
 
 
 def _first_heading(body: str) -> str | None:
@@ -220,8 +228,14 @@ def _first_heading(body: str) -> str | None:
 
 def _load_plain_text(path: Path, text: str) -> LoadedDoc:
     first_line = next((line.strip() for line in text.splitlines() if line.strip()), path.stem)
-    return LoadedDoc(path=path, doc_id=_slug(path.stem), title=first_line[:120], url="", lang=detect_lang(text),
-                     sections=[Section(text=text, start=0)])
+    return LoadedDoc(
+        path=path,
+        doc_id=_slug(path.stem),
+        title=first_line[:120],
+        url="",
+        lang=detect_lang(text),
+        sections=[Section(text=text, start=0)],
+    )
 
 
 # ---------------------------------------------------------------------------------------------- html
@@ -255,9 +269,14 @@ def _load_html(path: Path, text: str) -> LoadedDoc:
     if not body.strip():
         raise LoadError("HTML page has no readable text (only scripts, styles or markup)")
     lang = declared[:2].lower() if declared[:2].lower() in ("ja", "en") else detect_lang(body)
-    return LoadedDoc(path=path, doc_id=_slug(path.stem), title=normalize(title)[:200],
-                     url=canonical.get("href", "") if canonical else "", lang=lang,
-                     sections=_markdown_sections(body, 0, ""))
+    return LoadedDoc(
+        path=path,
+        doc_id=_slug(path.stem),
+        title=normalize(title)[:200],
+        url=canonical.get("href", "") if canonical else "",
+        lang=lang,
+        sections=_markdown_sections(body, 0, ""),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- pdf
@@ -281,15 +300,22 @@ def _load_pdf(path: Path) -> LoadedDoc:
         start = 0
         for match in re.finditer(r"(?m)^(\d{1,2}(?:\.\d{1,2}){0,2})\.?\s+[A-Z][^\n]{2,80}$", page_text):
             if match.start() > start and page_text[start : match.start()].strip():
-                sections.append(Section(text=page_text[start : match.start()], start=offset + start,
-                                        section=current, page=number))
+                sections.append(
+                    Section(text=page_text[start : match.start()], start=offset + start, section=current, page=number)
+                )
             current, start = match.group(1), match.start()
         if page_text[start:].strip():
             sections.append(Section(text=page_text[start:], start=offset + start, section=current, page=number))
         offset += len(page_text) + 1
     body = "\n".join(pages)
-    return LoadedDoc(path=path, doc_id=_slug(path.stem), title=normalize(info_title) or path.stem, url="",
-                     lang=detect_lang(body[:20_000]), sections=sections)
+    return LoadedDoc(
+        path=path,
+        doc_id=_slug(path.stem),
+        title=normalize(info_title) or path.stem,
+        url="",
+        lang=detect_lang(body[:20_000]),
+        sections=sections,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -302,8 +328,9 @@ def load_file(path: Path, max_bytes: int) -> LoadedDoc:
         raise LoadError(f"unsupported file type '{suffix}' (supported: {', '.join(sorted(SUPPORTED_SUFFIXES))})")
     size = path.stat().st_size
     if size > max_bytes:
-        raise LoadError(f"file too large ({size / 1e6:g} MB > {max_bytes / 1e6:g} MB limit; "
-                        "raise DOTCHI_MAX_FILE_MB to allow it)")
+        raise LoadError(
+            f"file too large ({size / 1e6:g} MB > {max_bytes / 1e6:g} MB limit; raise DOTCHI_MAX_FILE_MB to allow it)"
+        )
     if size == 0:
         raise LoadError("empty file")
     if suffix == ".pdf":

@@ -38,9 +38,11 @@ class IngestReport:
 
     def summary(self) -> str:
         rate = f", {self.chunks_embedded / self.seconds:.1f} chunks/s" if self.chunks_embedded and self.seconds else ""
-        return (f"ingest: {self.added_files} added, {self.updated_files} updated, {self.removed_files} removed, "
-                f"{self.unchanged_files} unchanged, {self.failed_files} failed; {self.chunks_total} chunks in store "
-                f"({self.seconds:.1f} s{rate})")
+        return (
+            f"ingest: {self.added_files} added, {self.updated_files} updated, {self.removed_files} removed, "
+            f"{self.unchanged_files} unchanged, {self.failed_files} failed; {self.chunks_total} chunks in store "
+            f"({self.seconds:.1f} s{rate})"
+        )
 
 
 @dataclass
@@ -84,8 +86,13 @@ def _under_roots(key: str, roots: list[Path]) -> bool:
 
 
 def fingerprint(settings: Settings, embedder: Embedder) -> dict:
-    return {"chunker": CHUNKER_VERSION, "chunk_size": settings.chunk_size, "chunk_overlap": settings.chunk_overlap,
-            "embedding_model": settings.embedding_model, "dimension": embedder.dimension}
+    return {
+        "chunker": CHUNKER_VERSION,
+        "chunk_size": settings.chunk_size,
+        "chunk_overlap": settings.chunk_overlap,
+        "embedding_model": settings.embedding_model,
+        "dimension": embedder.dimension,
+    }
 
 
 def chunk_id(key: str, file_hash: str, index: int, text: str) -> str:
@@ -102,9 +109,19 @@ def embedding_text(doc: LoadedDoc, chunk: Chunk) -> str:
 
 
 def _metadata(key: str, file_hash: str, index: int, doc: LoadedDoc, chunk: Chunk) -> dict:
-    meta = {"doc_id": doc.doc_id, "title": doc.title, "url": doc.url, "lang": doc.lang, "section": chunk.section,
-            "heading": " > ".join(chunk.heading), "source_path": key, "generation": file_hash,
-            "chunk_index": index, "char_start": chunk.char_start, "char_end": chunk.char_end}
+    meta = {
+        "doc_id": doc.doc_id,
+        "title": doc.title,
+        "url": doc.url,
+        "lang": doc.lang,
+        "section": chunk.section,
+        "heading": " > ".join(chunk.heading),
+        "source_path": key,
+        "generation": file_hash,
+        "chunk_index": index,
+        "char_start": chunk.char_start,
+        "char_end": chunk.char_end,
+    }
     if chunk.page is not None:
         meta["page"] = chunk.page
     return meta
@@ -115,9 +132,15 @@ def _log(message: str, quiet: bool) -> None:
         print(message, file=sys.stderr)
 
 
-def run_ingest(settings: Settings, paths: list[Path] | None = None, *, rebuild: bool = False,
-               embedder: Embedder | None = None, store: ChunkStore | None = None,
-               quiet: bool = False) -> IngestReport:
+def run_ingest(
+    settings: Settings,
+    paths: list[Path] | None = None,
+    *,
+    rebuild: bool = False,
+    embedder: Embedder | None = None,
+    store: ChunkStore | None = None,
+    quiet: bool = False,
+) -> IngestReport:
     """Bring the store in line with the files under ``paths`` (default: the corpus cards)."""
     started = time.perf_counter()
     report = IngestReport()
@@ -153,8 +176,10 @@ def run_ingest(settings: Settings, paths: list[Path] | None = None, *, rebuild: 
         seen.add(key)
         try:
             if path.stat().st_size > max_bytes:  # don't even hash a huge file
-                raise LoadError(f"file too large ({path.stat().st_size / 1e6:.1f} MB > {settings.max_file_mb:g} MB "
-                                "limit; raise DOTCHI_MAX_FILE_MB to allow it)")
+                raise LoadError(
+                    f"file too large ({path.stat().st_size / 1e6:.1f} MB > {settings.max_file_mb:g} MB "
+                    "limit; raise DOTCHI_MAX_FILE_MB to allow it)"
+                )
             file_hash = hashlib.sha256(path.read_bytes()).hexdigest()
             if key in manifest and manifest[key].file_hash == file_hash:
                 report.unchanged_files += 1

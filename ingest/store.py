@@ -9,6 +9,7 @@ one live. Stale generations are deleted right after the commit, or by the next i
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -63,8 +64,9 @@ class ChunkStore:
         self.files = self._collection(f"{settings.collection}_files")
 
     def _collection(self, name: str):
-        return self.client.get_or_create_collection(name, embedding_function=None,
-                                                    configuration={"hnsw": {"space": "cosine"}})
+        return self.client.get_or_create_collection(
+            name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
+        )
 
     # ---------------------------------------------------------------- manifest
     def manifest(self) -> dict[str, FileRecord]:
@@ -72,8 +74,9 @@ class ChunkStore:
         records = {}
         for rid, meta in zip(got["ids"], got["metadatas"], strict=True):
             if rid != SETTINGS_ID:
-                records[rid] = FileRecord(path=rid, file_hash=str(meta["file_hash"]), doc_id=str(meta["doc_id"]),
-                                          chunks=int(meta["chunks"]))
+                records[rid] = FileRecord(
+                    path=rid, file_hash=str(meta["file_hash"]), doc_id=str(meta["doc_id"]), chunks=int(meta["chunks"])
+                )
         return records
 
     def stored_fingerprint(self) -> dict | None:
@@ -81,14 +84,23 @@ class ChunkStore:
         return json.loads(got["documents"][0]) if got["ids"] else None
 
     def save_fingerprint(self, fingerprint: dict) -> None:
-        self.files.upsert(ids=[SETTINGS_ID], documents=[json.dumps(fingerprint, sort_keys=True)],
-                          metadatas=[{"kind": "settings"}], embeddings=[[0.0, 0.0]])
+        self.files.upsert(
+            ids=[SETTINGS_ID],
+            documents=[json.dumps(fingerprint, sort_keys=True)],
+            metadatas=[{"kind": "settings"}],
+            embeddings=[[0.0, 0.0]],
+        )
 
     def commit_file(self, record: FileRecord) -> None:
         """The atomic switch: from now on ``record.file_hash`` is the live generation of ``record.path``."""
-        self.files.upsert(ids=[record.path], documents=[record.path],
-                          metadatas=[{"file_hash": record.file_hash, "doc_id": record.doc_id,
-                                      "chunks": record.chunks, "kind": "file"}], embeddings=[[0.0, 0.0]])
+        self.files.upsert(
+            ids=[record.path],
+            documents=[record.path],
+            metadatas=[
+                {"file_hash": record.file_hash, "doc_id": record.doc_id, "chunks": record.chunks, "kind": "file"}
+            ],
+            embeddings=[[0.0, 0.0]],
+        )
 
     def forget_file(self, path: str) -> None:
         self.files.delete(ids=[path])
@@ -97,8 +109,12 @@ class ChunkStore:
     def add_chunks(self, ids: list[str], texts: list[str], metadatas: list[dict], vectors) -> None:
         for start in range(0, len(ids), _PAGE):
             end = start + _PAGE
-            self.chunks.upsert(ids=ids[start:end], documents=texts[start:end], metadatas=metadatas[start:end],
-                               embeddings=vectors[start:end])
+            self.chunks.upsert(
+                ids=ids[start:end],
+                documents=texts[start:end],
+                metadatas=metadatas[start:end],
+                embeddings=vectors[start:end],
+            )
 
     def delete_stale(self, path: str, live_hash: str | None) -> int:
         """Delete chunks of ``path`` whose generation is not ``live_hash`` (all of them when None)."""
@@ -114,8 +130,11 @@ class ChunkStore:
         """Delete every chunk that is not in the live generation of a file in the manifest."""
         removed = 0
         live = {path: rec.file_hash for path, rec in manifest.items()}
-        orphan_ids = [chunk.id for chunk in self.iter_chunks(live_only=False)
-                      if live.get(chunk.metadata.get("source_path")) != chunk.metadata.get("generation")]
+        orphan_ids = [
+            chunk.id
+            for chunk in self.iter_chunks(live_only=False)
+            if live.get(chunk.metadata.get("source_path")) != chunk.metadata.get("generation")
+        ]
         for start in range(0, len(orphan_ids), _PAGE):
             self.chunks.delete(ids=orphan_ids[start : start + _PAGE])
             removed += len(orphan_ids[start : start + _PAGE])
@@ -139,21 +158,23 @@ class ChunkStore:
 
     def drop_all(self) -> None:
         for name in (self.settings.collection, f"{self.settings.collection}_files"):
-            try:
+            with contextlib.suppress(Exception):  # an absent collection is fine
                 self.client.delete_collection(name)
-            except Exception:  # noqa: BLE001, S110 - absent collection is fine
-                pass
         self.chunks = self._collection(self.settings.collection)
         self.files = self._collection(f"{self.settings.collection}_files")
 
     def query(self, vector, k: int, live: dict[str, str] | None = None) -> list[tuple[StoredChunk, float]]:
         """Dense search; returns (chunk, cosine similarity). Stale generations are filtered out."""
         fetch = k * 2 if live is not None else k
-        got = self.chunks.query(query_embeddings=[list(map(float, vector))], n_results=max(1, fetch),
-                                include=["documents", "metadatas", "distances"])
+        got = self.chunks.query(
+            query_embeddings=[list(map(float, vector))],
+            n_results=max(1, fetch),
+            include=["documents", "metadatas", "distances"],
+        )
         out = []
-        for cid, text, meta, dist in zip(got["ids"][0], got["documents"][0], got["metadatas"][0],
-                                         got["distances"][0], strict=True):
+        for cid, text, meta, dist in zip(
+            got["ids"][0], got["documents"][0], got["metadatas"][0], got["distances"][0], strict=True
+        ):
             if live is not None and live.get(meta.get("source_path")) != meta.get("generation"):
                 continue
             out.append((StoredChunk(cid, text, meta), 1.0 - float(dist)))

@@ -62,7 +62,7 @@ def test_tokenize_english_words() -> None:
 
 def test_tokenize_mixed_script() -> None:
     """Latin words inside Japanese text are tokenised as English words."""
-    terms = tokenize("BERTで感情分析を行うモデルs")
+    terms = tokenize("BERTで感情分析を行うモデル")
     assert "bert" in terms and "感情" in terms and "分析" in terms
 
 
