@@ -22,6 +22,8 @@ T = {
         "because_cue": " (you mention “{evidence}”)",
         "because_labels": " (about {evidence:,} labelled examples)",
         "because_task": " (typical of this task)",
+        "because_implied": " (your answer to a later step presupposes it)",
+        "cond_next": "Step {step} of Figure 2, *{name}*: yes{because}, so the flow goes on to the next step.",
         "because_multi": " (you list {evidence} different tasks)",
         "common_nlu": "Step {step} of Figure 2, *{name}*: no. Common NLU/NLG tasks that are not knowledge-intensive "
         "go to fine-tuned models.",
@@ -56,6 +58,8 @@ T = {
         "because_cue": "（「{evidence}」とあるため）",
         "because_labels": "（ラベル付きデータ約{evidence:,}件）",
         "because_task": "（このタスクの性質から）",
+        "because_implied": "（後のステップへの答えがこれを前提とするため）",
+        "cond_next": "図2のステップ{step}「{name}」: はい{because}。フローは次のステップへ進みます。",
         "because_multi": "（{evidence}種類のタスクが挙がっているため）",
         "common_nlu": "図2のステップ{step}「{name}」: いいえ。知識集約型でない一般的なNLU/NLGタスクは、"
         "ファインチューニングしたモデルが向いています。",
@@ -157,6 +161,8 @@ def _because(state: ConditionState, lang: str) -> str:
         return t["because_multi"].format(evidence=state.evidence)
     if state.why == "task":
         return t["because_task"]
+    if state.why == "implied":
+        return t["because_implied"]
     return ""
 
 
@@ -232,10 +238,11 @@ def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence
         for state in decision.path:
             if state is deciding:
                 continue
-            if state.why in ("cue", "labels", "multi"):
+            if state.why in ("cue", "labels", "multi", "implied"):
+                template = t["cond_next"] if state.holds else t["cond_no"]
                 lines.append(
                     "- "
-                    + t["cond_no"].format(
+                    + template.format(
                         step=state.condition.step, name=state.condition.name[lang], because=_because(state, lang)
                     )
                     + cites.cite(evidence(state.condition.sections))

@@ -109,6 +109,9 @@ _DECISION_CUES = (
     "勝ち",
     "おすすめ",
     "いいでしょう",
+    "耐えられ",
+    "suffice",
+    "necessary or",
     "いい?",
 )
 _CONTENT_CUES = (
@@ -134,7 +137,9 @@ _CONTENT_CUES = (
     "論文では",
     "論文の",
     "について",
-    "とは",
+    "とは何",
+    "とは?",
+    "って何",
     "教えて",
     "違いは",
     "述べ",
@@ -205,8 +210,9 @@ _ASCII_WORD = re.compile(r"[a-z0-9]+|[^a-z0-9\s]")
 def _stem(word: str) -> str:
     for suffix in _SUFFIXES:
         if word.endswith(suffix) and len(word) - len(suffix) >= 4:
-            return word[: -len(suffix)]
-    return word
+            word = word[: -len(suffix)]
+            break
+    return word[:-1] if word.endswith("i") and len(word) > 4 else word  # "summari(es)" ~ "summar(ization)"
 
 
 @lru_cache(maxsize=16384)
@@ -323,6 +329,11 @@ class DecisionEngine:
             if state.holds is None and task is not None and cond.id in task.conditions:
                 state = ConditionState(cond, task.conditions[cond.id], "task", task.id)
             states[cond.id] = state
+        for cond in self.flow.conditions:  # answering step 9/10 presupposes step 8
+            if states[cond.id].holds is not None and states[cond.id].why in ("cue", "task"):
+                for implied in cond.implies:
+                    if states[implied].holds is None:
+                        states[implied] = ConditionState(self.flow.condition(implied), True, "implied", cond.id)
         multi = next((c for c in self.flow.conditions if c.yes != "next" and c.id == "multi_task"), None)
         if multi is not None and n_tasks >= 3 and states[multi.id].holds is not True:
             states[multi.id] = ConditionState(multi, True, "multi", str(n_tasks))
@@ -331,7 +342,8 @@ class DecisionEngine:
     def is_decision_question(self, text: str, task_hit: bool, cue_hit: bool) -> bool:
         """A request for a verdict: asks to choose, or describes a task/situation without asking what the
         survey says. A bare choice with nothing to go on is still a decision question (answered 'depends')."""
-        decision_cue = any(c in text for c in _DECISION_CUES)
+        plain = re.sub(r"[,、]", "", text)
+        decision_cue = any(c in plain for c in _DECISION_CUES)
         if decision_cue and not _asks_about_survey(text):
             return True
         if any(c in text for c in _CONTENT_CUES):
@@ -394,7 +406,7 @@ class DecisionEngine:
                 decision.conflicts.append(f"consideration:{cons.id}")
         if decision.conflicts:
             verdict = "depends"
-        elif task is None and not cue_hit:
+        elif task is None and not cue_hit and not considerations:
             verdict = "depends"  # nothing in the question settles the flow: say what we would need to know
             decision.conflicts.append("unknown")
         decision.verdict = verdict

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 VERDICTS = ("llm", "fine_tuned", "neither", "depends")
@@ -35,6 +35,7 @@ class Condition:
     cues_yes: tuple[str, ...]
     cues_no: tuple[str, ...]
     numeric: dict | None
+    implies: tuple[str, ...] = ()  # conditions that must hold when this one is answered (steps 9-10 → step 8)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Source:
     year: int | None
     url: str
     lang: str
+    remarks: dict[str, str] = field(default_factory=dict)  # remark number -> section
 
     @property
     def cite_as(self) -> str:
@@ -138,6 +140,7 @@ def load_flow(path: Path) -> DecisionFlow:
             cues_yes=_lower([*c.get("cues_yes_en", []), *c.get("cues_yes_ja", [])]),
             cues_no=_lower([*c.get("cues_no_en", []), *c.get("cues_no_ja", [])]),
             numeric=c.get("numeric"),
+            implies=tuple(str(x) for x in c.get("implies", [])),
         )
         for branch in (cond.yes, cond.no):
             if branch not in targets:
@@ -204,5 +207,6 @@ def load_sources(path: Path) -> dict[str, Source]:
             year=int(s["year"]) if s.get("year") else None,
             url=str(s.get("url", "")),
             lang=str(s.get("lang", "en")),
+            remarks={str(k): str(v) for k, v in (s.get("remarks") or {}).items()},
         )
     return out

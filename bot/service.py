@@ -121,8 +121,12 @@ class AnswerService:
         if decision.is_decision and decision.verdict:
 
             def evidence(sections, exact=False):
-                found = self.retriever.best_in_sections(vector, list(sections), self.flow.doc_id, lang, exact=exact)
-                return found[0][0] if found else None
+                # Sections are listed most specific first: the first one with a chunk wins.
+                for section in sections:
+                    found = self.retriever.best_in_sections(vector, [section], self.flow.doc_id, lang, exact=exact)
+                    if found:
+                        return found[0][0]
+                return None
 
             body = compose_decision(decision, self.flow, lang, evidence, cites)
             answer = Answer(
@@ -139,7 +143,12 @@ class AnswerService:
                 debug=debug,
             )
         else:
-            chosen = self._content_chunks(hits, lang)
+            referenced = [
+                found[0][0]
+                for section in self.referenced_sections(lowered)
+                if (found := self.retriever.best_in_sections(vector, [section], self.flow.doc_id, lang))
+            ]
+            chosen = self._content_chunks(hits, lang, first=referenced)
             body = compose_content(chosen, text, lang, cites)
             answer = Answer(raw, lang, None, False, "", [], [], notice=notice, debug=debug)
         answer.answer = with_sources(body, lang, cites)
@@ -150,9 +159,10 @@ class AnswerService:
         return [self.ask(q) for q in questions]
 
     @staticmethod
-    def _content_chunks(hits, lang: str, limit: int = 3):
-        """Top fused hits (one per source file), the question's language first, at most ``limit``."""
-        top, seen = [], set()
+    def _content_chunks(hits, lang: str, limit: int = 3, first=()):
+        """Chunks of sections the question names, then the top fused hits (one per source file), the question's
+        language first, at most ``limit``."""
+        top, seen = list(first)[:limit], {c.metadata.get("source_path") for c in first}
         for hit in hits[:8]:
             path = hit.chunk.metadata.get("source_path")
             if path not in seen:
@@ -162,6 +172,20 @@ class AnswerService:
         same = [c for c in top if c.metadata.get("lang") == lang]
         other = [c for c in top if c.metadata.get("lang") != lang]
         return (same + other)[:limit]
+
+    def referenced_sections(self, lowered: str) -> list[str]:
+        """Survey sections a question names: "Remark 8", "section 4.1", "§5.2", "4.3節", "Figure 2" / 「図2」."""
+        survey = self.sources.get(self.flow.doc_id)
+        out: list[str] = []
+        for number in re.findall(r"(?:remark|リマーク)\s*(\d)", lowered):
+            if survey and number in survey.remarks:
+                out.append(survey.remarks[number])
+        out += re.findall(r"(?:section|sec\.|§)\s*(\d(?:\.\d){0,2})", lowered)
+        out += re.findall(r"(\d(?:\.\d){0,2})\s*節", lowered)
+        if re.search(r"figure\s*2|fig\.\s*2|図\s*2", lowered):
+            out.append(self.flow.figure_section)
+        known = set(self.retriever.sections)
+        return [s for s in dict.fromkeys(out) if s in known]
 
     @staticmethod
     def _path_json(decision: Decision, lang: str) -> list[dict]:
