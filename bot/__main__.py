@@ -39,10 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     try:
         if args.command == "ask":
-            service = _service(settings)
-            if service.chunk_count == 0:
+            from ingest.store import ChunkStore
+
+            if ChunkStore(settings).count() == 0:  # before loading the model: fail fast
                 print("bot: the store is empty; run `make ingest` (or `python -m ingest`) first.", file=sys.stderr)
                 return 2
+            service = _service(settings)
             for question in args.questions:
                 answer = service.ask(question)
                 if args.json:

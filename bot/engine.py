@@ -16,7 +16,11 @@ import numpy as np
 from bot.knowledge import Condition, Consideration, DecisionFlow, Task
 from bot.text import tokenize_cached
 
-_NUMBER = re.compile(r"(?P<num>\d+(?:[.,]\d+)*)\s*(?P<unit>k\b|m\b|thousand|million|万|千|百)?", re.IGNORECASE)
+# A count: not part of a name like "gpt-4", "t5", "sst-2", and not a percentage.
+_NUMBER = re.compile(
+    r"(?<![a-z0-9.\-])(?P<num>\d+(?:[.,]\d+)*)(?![\d])\s*(?P<unit>k\b|m\b|thousand|million|万|千|百)?(?!\s*(?:%|per ?cent|パーセント))",
+    re.IGNORECASE,
+)
 _WORD_NUMBERS = {
     "zero": 0,
     "no": 0,
@@ -344,7 +348,7 @@ class DecisionEngine:
         survey says. A bare choice with nothing to go on is still a decision question (answered 'depends')."""
         plain = re.sub(r"[,、]", "", text)
         decision_cue = any(c in plain for c in _DECISION_CUES)
-        if decision_cue and not _asks_about_survey(text):
+        if decision_cue and not asks_about_survey(text):
             return True
         if any(c in text for c in _CONTENT_CUES):
             return False
@@ -442,5 +446,5 @@ def _coverage(alias_terms: frozenset[str], question_terms: frozenset[str]) -> fl
     return float(sum(len(t) for t in found))
 
 
-def _asks_about_survey(text: str) -> bool:
+def asks_about_survey(text: str) -> bool:
     return any(w in text for w in ("survey", "paper", "サーベイ", "論文", "remark"))

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from bot.compose import Citations, T, compose_content, compose_decision, with_sources
-from bot.engine import Decision, DecisionEngine
+from bot.engine import Decision, DecisionEngine, asks_about_survey
 from bot.knowledge import load_flow, load_sources
 from bot.retrieval import HybridRetriever
 from bot.text import detect_language, normalize_question, tokenize
@@ -104,7 +104,9 @@ class AnswerService:
         extra = [name for t in ([decision.task] if decision.task else []) for name in t.all_names[:6]]
         hits = self.retriever.search(text, k=8, extra_terms=tokenize(" ".join(extra)), vector=vector)
         top_dense = max((h.dense for h in hits), default=0.0)
-        matched = (decision.task is not None and decision.task_score >= 1.0) or decision.cue_hit
+        matched = (
+            (decision.task is not None and decision.task_score >= 1.0) or decision.cue_hit or asks_about_survey(lowered)
+        )
         in_scope = bool(hits) and (top_dense >= self.gate.accept or (top_dense >= self.gate.with_match and matched))
         debug = {
             "top_dense": round(top_dense, 4),

@@ -141,3 +141,33 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
             proc.kill()
             proc.wait()
         log.close()
+
+
+# ---------------------------------------------------------------------------------------------- bot fixtures
+BOT_COLLECTION = "bottest"
+
+
+@pytest.fixture(scope="session")
+def bot_settings(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder, model_cache_dir: Path) -> Settings:
+    """corpus/cards ingested once per session into a tmp on-disk Chroma store (collection 'bottest')."""
+    settings = Settings(_env_file=None, store_path=tmp_path_factory.mktemp("bot-store") / "chroma",
+                        collection=BOT_COLLECTION, chroma_host=None, corpus_dir=REPO_ROOT / "corpus",
+                        model_cache_dir=model_cache_dir)
+    report = run_ingest(settings, [REPO_ROOT / "corpus" / "cards"], embedder=embedder, quiet=True)
+    assert report.failed_files == 0, report.errors
+    assert report.chunks_total > 0
+    return settings
+
+
+@pytest.fixture(scope="session")
+def bot_service(bot_settings: Settings, embedder: Embedder):
+    """The real AnswerService over the session corpus store."""
+    from bot.service import AnswerService
+
+    return AnswerService(bot_settings, embedder=embedder)
+
+
+@pytest.fixture(scope="session")
+def bot_store_ids(bot_service) -> set[str]:
+    """Ids of every live chunk in the session corpus store."""
+    return {chunk.id for chunk in bot_service.store.iter_chunks(live_only=True)}

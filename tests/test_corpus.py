@@ -154,9 +154,9 @@ def test_flow_text_is_in_the_right_language() -> None:
     wrong = []
     for where, item in _flow_items():
         for key, value in item.items():
-            if isinstance(value, str) and key.endswith(("_en", "_ja")) and key != "figure_text":
-                if detect_language(value) != key[-2:]:
-                    wrong.append(f"{where}.{key}")
+            is_text = isinstance(value, str) and key.endswith(("_en", "_ja")) and key != "figure_text"
+            if is_text and detect_language(value) != key[-2:]:
+                wrong.append(f"{where}.{key}")
     assert not wrong, wrong
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -97,7 +98,7 @@ def test_chunk_metadata(real_docs: Path, sources_dir: Path, make_settings: MakeS
     """Every chunk carries doc/section/offset metadata; PDF chunks also carry their page."""
     shutil.copyfile(sources_dir / "ms_genai_beginners_02_improving_llm_results_ja.md", real_docs / "ja.md")
     pdf = make_pdf(real_docs / "memo.pdf")
-    numbered = card(real_docs / "card.md", "yang2023harnessing", "Intro.\n\n### 4.1.1 Wins\n\nFine-tuned models win.")
+    card(real_docs / "card.md", "yang2023harnessing", "Intro.\n\n### 4.1.1 Wins\n\nFine-tuned models win.")
     settings = make_settings()
     report = ingest(settings, [real_docs])
     assert report.added_files == 5 and report.failed_files == 0
@@ -105,7 +106,7 @@ def test_chunk_metadata(real_docs: Path, sources_dir: Path, make_settings: MakeS
     assert {c.metadata["source_path"] for c in chunks} == {key(p) for p in real_docs.iterdir()}
     for chunk in chunks:
         meta = chunk.metadata
-        assert META_KEYS <= set(meta), set(meta) ^ META_KEYS
+        assert set(meta) >= META_KEYS, set(meta) ^ META_KEYS
         assert meta["lang"] in ("ja", "en")
         assert meta["char_start"] < meta["char_end"]
         path = Path(meta["source_path"])
@@ -131,8 +132,7 @@ def test_chunk_metadata(real_docs: Path, sources_dir: Path, make_settings: MakeS
     sections = {c.text: (c.metadata["section"], c.metadata["heading"]) for c in of("card")}
     assert sections == {"Intro.": ("4.1", ""), "Fine-tuned models win.": ("4.1.1", "4.1.1 Wins")}
     assert {c.metadata["doc_id"] for c in of("card")} == {"yang2023harnessing"}
-    assert str(pdf.resolve()) in {c.metadata["source_path"] for c in of("memo")}
-    assert numbered.exists()
+    assert {c.metadata["source_path"] for c in of("memo")} == {key(pdf)}
 
 
 def test_editing_a_file_replaces_only_its_chunks(real_docs: Path, make_settings: MakeSettings,
@@ -236,7 +236,7 @@ def test_file_that_breaks_later_keeps_its_chunks(real_docs: Path, tmp_path: Path
     before = by_file(ChunkStore(settings))
     count = ChunkStore(settings).count()
     md_bytes, pdf_bytes = md.read_bytes(), pdf.read_bytes()
-    md.write_bytes(b"\x00\x01\x02" * 500)
+    md.write_bytes(random.Random(0).randbytes(3000))
     pdf.write_bytes(pdf_bytes[:200])
 
     report = ingest(settings, [real_docs])
@@ -268,10 +268,9 @@ def test_crash_during_replace_leaves_one_generation(crash_in: str, real_docs: Pa
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(ChunkStore, crash_in, crash)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="simulated crash"):
+        patch.setattr(ChunkStore, crash_in, crash)
         ingest(settings, [real_docs])
-    monkeypatch.undo()
 
     store = ChunkStore(settings)
     live = [c for c in store.iter_chunks() if c.metadata["source_path"] == key(edited)]

@@ -1,0 +1,141 @@
+"""bot.retrieval: BM25 over Sudachi terms, per-language dense search in real Chroma, RRF fusion, section look-ups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bot.retrieval import RRF_K, BM25Index, HybridRetriever
+from bot.text import tokenize
+from ingest.config import Settings
+from ingest.store import ChunkStore
+
+SURVEY = "yang2023harnessing"
+JA_SENTIMENT = "感情分析にはLLMとファインチューニングのどちらが向いていますか？"
+EN_SENTIMENT = "Which is better for sentiment analysis with lots of labelled data: a fine-tuned model or an LLM?"
+
+
+def meta(chunk, key: str) -> str:
+    return str(chunk.metadata.get(key, ""))
+
+
+@pytest.fixture(scope="module")
+def retriever(bot_service) -> HybridRetriever:
+    return bot_service.retriever
+
+
+# ---------------------------------------------------------------------------------------------- BM25Index alone
+def test_bm25_scores_only_matching_documents() -> None:
+    """Documents without any query term score 0; a rarer term outweighs a common one."""
+    index = BM25Index([["llm", "label"], ["llm", "sentiment"], ["llm", "ner"], ["cat"]])
+    scores = index.scores(["sentiment"])
+    assert scores[1] > 0 and scores[[0, 2, 3]].tolist() == [0, 0, 0]
+    both = index.scores(["llm", "sentiment"])
+    assert both[1] > both[0] > 0
+    assert index.scores(["sentiment"])[1] > index.scores(["llm"])[1]  # idf: rare term weighs more
+
+
+def test_bm25_unknown_terms_and_empty_index() -> None:
+    """Unknown query terms give zeros; an empty index gives an empty array; repeated query terms count once."""
+    index = BM25Index([["a", "b"], ["b"]])
+    assert index.scores(["zzz"]).tolist() == [0.0, 0.0]
+    assert index.scores([]).tolist() == [0.0, 0.0]
+    assert np.allclose(index.scores(["a", "a", "a"]), index.scores(["a"]))
+    assert BM25Index([]).scores(["a"]).shape == (0,)
+
+
+def test_bm25_length_normalisation() -> None:
+    """The same term count in a longer document scores lower (b > 0)."""
+    index = BM25Index([["x", "y"], ["x", "y", "z", "w", "v", "u"], ["q"]])
+    scores = index.scores(["x"])
+    assert scores[0] > scores[1] > 0
+
+
+# ---------------------------------------------------------------------------------------------- corpus store
+def test_retriever_sees_both_languages_and_survey_sections(retriever: HybridRetriever) -> None:
+    """The live corpus has ja and en chunks, and every survey section id as chunk metadata."""
+    assert retriever.languages == ["en", "ja"]
+    assert {"1", "4.1.1", "4.3.2", "5.1", "6"} <= set(retriever.sections)
+    assert len(retriever.by_id) == len(retriever.chunks) > 100
+
+
+def test_bm25_japanese_query_hits_japanese_chunk(retriever: HybridRetriever) -> None:
+    """「感情分析」 gives a non-zero BM25 score to the ja 4.1.1 card, and the best BM25 hit is a Japanese chunk."""
+    scores = retriever.bm25.scores(tokenize("感情分析"))
+    hits = [(retriever.chunks[i], float(scores[i])) for i in np.flatnonzero(scores)]
+    assert any(meta(c, "lang") == "ja" and meta(c, "section") == "4.1.1" and s > 0 for c, s in hits)
+    best = retriever.chunks[int(np.argmax(scores))]
+    assert meta(best, "lang") == "ja" and meta(best, "section").startswith("4.1")
+    # A chunk whose terms contain neither 感情 nor 分析 scores zero.
+    for i, chunk in enumerate(retriever.chunks):
+        terms = set(tokenize(chunk.metadata.get("title", "") + "\n" + chunk.text))
+        if not terms & {"感情", "分析"}:
+            assert scores[i] == 0
+
+
+def test_dense_japanese_question_reaches_english_chunks(retriever: HybridRetriever) -> None:
+    """Dense search restricted to lang=en answers a Japanese sentiment question with the en 4.1.1 card."""
+    found = retriever.dense(retriever.embed_query(JA_SENTIMENT), 8, where={"lang": "en"})
+    assert found and all(meta(c, "lang") == "en" for c, _ in found)
+    assert any(meta(c, "section") == "4.1.1" and meta(c, "doc_id") == SURVEY for c, _ in found)
+    sims = [s for _, s in found]
+    assert sims == sorted(sims, reverse=True) and all(-1.0 <= s <= 1.0 for s in sims)
+
+
+def test_dense_english_question_reaches_japanese_chunks(retriever: HybridRetriever) -> None:
+    """Dense search restricted to lang=ja answers an English sentiment question with the ja 4.1.1 card."""
+    found = retriever.dense(retriever.embed_query(EN_SENTIMENT), 8, where={"lang": "ja"})
+    assert found and all(meta(c, "lang") == "ja" for c, _ in found)
+    assert any(meta(c, "section") == "4.1.1" and meta(c, "doc_id") == SURVEY for c, _ in found)
+
+
+def test_search_fuses_every_language_and_bm25(retriever: HybridRetriever) -> None:
+    """search() ranks each language's dense list and BM25; RRF scores add up and come sorted."""
+    hits = retriever.search(JA_SENTIMENT, k=60)
+    sources = {src for h in hits for src in h.ranks}
+    assert {"dense_en", "dense_ja", "bm25"} <= sources
+    assert any(meta(h.chunk, "lang") == "en" for h in hits)
+    for h in hits:
+        assert h.score == pytest.approx(sum(1.0 / (RRF_K + r) for r in h.ranks.values()))
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    top = retriever.search(JA_SENTIMENT, k=8)
+    assert len(top) == 8
+    assert any(meta(h.chunk, "section").startswith("4.1") for h in top)
+
+
+def test_search_extra_terms_feed_bm25(retriever: HybridRetriever) -> None:
+    """extra_terms are added to the BM25 query (a term only in them can create BM25 hits)."""
+    question = "which model should we pick?"
+    plain = {h.chunk.id for h in retriever.search(question, k=60) if "bm25" in h.ranks}
+    boosted = retriever.search(question, k=60, extra_terms=tokenize("感情分析"))
+    with_extra = {h.chunk.id for h in boosted if "bm25" in h.ranks}
+    assert with_extra - plain
+    assert any(meta(h.chunk, "section") == "4.1.1" and "bm25" in h.ranks for h in boosted)
+
+
+def test_sections_under(retriever: HybridRetriever) -> None:
+    """sections_under('4.1') is 4.1 and its subsections, nothing else."""
+    assert retriever.sections_under("4.1") == ["4.1", "4.1.1", "4.1.2"]
+    assert retriever.sections_under("4.1.1") == ["4.1.1"]
+    assert retriever.sections_under("9.9") == []
+
+
+def test_best_in_sections_prefers_language_and_stays_in_sections(retriever: HybridRetriever) -> None:
+    """best_in_sections returns the survey's chunks under the sections, in the asked language first."""
+    vector = retriever.embed_query(JA_SENTIMENT)
+    found = retriever.best_in_sections(vector, ["4.1"], SURVEY, "en", k=3)
+    assert len(found) == 3
+    assert all(meta(c, "doc_id") == SURVEY and meta(c, "section") in {"4.1", "4.1.1", "4.1.2"} for c, _ in found)
+    assert all(meta(c, "lang") == "en" for c, _ in found)
+    exact = retriever.best_in_sections(vector, ["4.1"], SURVEY, "ja", k=5, exact=True)
+    assert exact and all(meta(c, "section") == "4.1" for c, _ in exact)
+    assert retriever.best_in_sections(vector, ["9.9"], SURVEY, "ja") == []
+
+
+def test_empty_store_searches_to_nothing(tmp_path, embedder, model_cache_dir) -> None:
+    """A retriever over an empty store returns no hits instead of failing."""
+    settings = Settings(_env_file=None, store_path=tmp_path / "empty", collection="emptytest",
+                        model_cache_dir=model_cache_dir)
+    retriever = HybridRetriever(ChunkStore(settings), embedder)
+    assert retriever.chunks == [] and retriever.search("感情分析") == []
+    assert retriever.bm25.scores(["感情"]).shape == (0,)
