@@ -56,6 +56,8 @@ _WORD_NUMBERS = {
     "数万件": 30_000,
     "数百万": 3_000_000,
 }
+_KANA_OR_HAN = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")
+_COUNTERS = set("件文例個行枚本組対")
 _UNITS = {"k": 1_000, "thousand": 1_000, "m": 1_000_000, "million": 1_000_000, "万": 10_000, "千": 1_000, "百": 100}
 # Words that make a nearby count a count of labelled training examples.
 _LABEL_WORDS = (
@@ -114,6 +116,8 @@ _DECISION_CUES = (
     "おすすめ",
     "いいでしょう",
     "耐えられ",
+    "いいんでしょうか",
+    "でいいの",
     "suffice",
     "necessary or",
     "いい?",
@@ -208,7 +212,7 @@ _SUFFIXES = (
     "s",
     "e",
 )
-_ASCII_WORD = re.compile(r"[a-z0-9]+|[^a-z0-9\s]")
+_ASCII_WORD = re.compile(r"[a-z0-9]+")
 
 
 def _stem(word: str) -> str:
@@ -226,15 +230,16 @@ def stem_text(text: str) -> str:
 
 
 def _contains(text: str, phrase: str, stemmed: str | None = None) -> bool:
-    """ASCII phrases match whole words, inflection-insensitively ("summarize" ~ "summarization"); other phrases
-    (Japanese) match as substrings."""
-    if phrase.isascii():
-        if re.search(rf"(?<![a-z0-9]){re.escape(phrase)}(?![a-z0-9])", text):
-            return True
-        stemmed = stemmed if stemmed is not None else stem_text(text)
-        return stem_text(phrase) in stemmed
-    return phrase in text
-
+    """ASCII phrases match whole words: one word also in its plural, several words inflection-insensitively
+    ("summarize meeting notes" ~ "summarization of meeting notes"); other phrases (Japanese) match as substrings."""
+    if not phrase.isascii():
+        return phrase in text
+    if re.search(rf"(?<![a-z0-9]){re.escape(phrase)}(?:e?s)?(?![a-z0-9])", text):
+        return True
+    if not re.search(r"[\s-]", phrase.strip()):
+        return False  # single words: stems are too loose ("reasons" is not "reasoning")
+    stemmed = stemmed if stemmed is not None else stem_text(text)
+    return stem_text(phrase) in stemmed
 
 def _longest(text: str, phrases: tuple[str, ...], stemmed: str | None = None) -> str | None:
     stemmed = stemmed if stemmed is not None else stem_text(text)
@@ -249,6 +254,9 @@ def label_count(text: str) -> int | None:
         for m in re.finditer(rf"(?<![a-z]){re.escape(word)}(?![a-z])", text):
             counts.append((m.start(), m.end(), value))
     for m in _NUMBER.finditer(text):
+        following = text[m.end() : m.end() + 1]
+        if following and _KANA_OR_HAN.match(following) and following not in _COUNTERS:
+            continue  # "1クエリ", "3ヶ月": a number, but not a count of examples
         raw = m.group("num").replace(",", "")
         try:
             value = float(raw)
@@ -403,6 +411,10 @@ class DecisionEngine:
             and not task.generic
             and task.verdict != flow_verdict
             and not (multi_task and multi_task.holds)
+            # The user re-describing a property the task type itself settles (e.g. closed-book QA whose facts
+            # contradict the real world) refines the task; a situational condition (few labels, OOD inputs)
+            # pulling against the task's finding is a real conflict.
+            and path[-1].condition.id not in task.conditions
         ):
             decision.conflicts.append("task")
         for cons in considerations:
@@ -437,8 +449,9 @@ def _terms(text: str) -> frozenset[str]:
 
 def _coverage(alias_terms: frozenset[str], question_terms: frozenset[str]) -> float:
     """Characters of a multi-word alias found as terms in the question, when at least two terms and two thirds of
-    them are there ("toxic-comment moderation" ~ "toxic comment detection"); else 0."""
-    if len(alias_terms) < 2:
+    them are there, for aliases of three or more terms ("toxic-comment moderation" ~ "toxic comment detection");
+    else 0."""
+    if len(alias_terms) < 3:  # two-word aliases must appear as written: scattered pairs match too much
         return 0.0
     found = alias_terms & question_terms
     if len(found) < 2 or len(found) * 3 < len(alias_terms) * 2:
@@ -447,4 +460,4 @@ def _coverage(alias_terms: frozenset[str], question_terms: frozenset[str]) -> fl
 
 
 def asks_about_survey(text: str) -> bool:
-    return any(w in text for w in ("survey", "paper", "サーベイ", "論文", "remark"))
+    return any(w in text for w in ("survey", "paper", "the authors", "サーベイ", "論文", "remark", "述べられ"))

@@ -53,8 +53,10 @@ class Answer:
 class Gate:
     """Relevance gate thresholds on the best dense similarity (tuned on the dev set; see README)."""
 
-    # Dev split (80 questions): off-topic top similarity <= 0.8554, in-scope >= 0.857; midpoint.
-    accept: float = 0.856  # at or above: in scope
+    # Dev split (80 questions): off-topic top similarity <= 0.8554, in-scope >= 0.857 (midpoint 0.856); the first
+    # blind set had an off-topic near-miss at 0.8623, so the bare-similarity bar is 0.865 and in-scope questions
+    # below it need a task, a flow cue or a reference to the survey.
+    accept: float = 0.865  # at or above: in scope
     with_match: float = 0.80  # at or above, with a catalog task or a flow/consideration cue in the question
 
 
