@@ -18,7 +18,8 @@ from bot.text import tokenize_cached
 
 # A count: not part of a name like "gpt-4", "t5", "sst-2", and not a percentage.
 _NUMBER = re.compile(
-    r"(?<![a-z0-9.\-])(?P<num>\d+(?:[.,]\d+)*)(?![\d])\s*(?P<unit>k\b|m\b|thousand|million|万|千|百)?(?!\s*(?:%|per ?cent|パーセント))",
+    r"(?<![a-z0-9.\-])(?P<num>\d+(?:[.,]\d+)*)(?![\d])\s*(?P<unit>k\b|m\b|thousand|million|万|千|百)?"
+    r"(?!\s*(?:%|per ?cent|パーセント))",
     re.IGNORECASE,
 )
 _WORD_NUMBERS = {
