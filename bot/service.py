@@ -76,23 +76,26 @@ class AnswerService:
         self.sources = load_sources(settings.corpus_dir / "sources.toml")
         self.engine = DecisionEngine(self.flow, self.embedder.encode_queries, self.embedder.encode_documents)
         self.gate = gate or Gate()
-        if settings.generator != "none":
-            import warnings
-
-            warnings.warn(
-                f"DOTCHI_GENERATOR={settings.generator}: LLM backends are not available in this version; "
-                "answers come from the built-in composer.",
-                stacklevel=2,
-            )
 
     @property
     def chunk_count(self) -> int:
         return len(self.retriever.chunks)
 
-    def ask(self, question: str) -> Answer:
+    def condense(self, question: str, history: list[tuple[str, str]] | None) -> str:
+        """Without an LLM: a short follow-up that names no task of its own ("what if I only had 10 labels?") is read
+        together with the previous question; anything else stands alone."""
+        if not history or len(question) > 160:
+            return question
+        own = self.engine.decide(normalize_question(question).lower())
+        if own.task is not None and own.task_score >= 1.0:
+            return question
+        return f"{history[-1][0]} {question}"
+
+    def ask(self, question: str, history: list[tuple[str, str]] | None = None) -> Answer:
+        """Answer one question; ``history`` is [(user, assistant), ...] of earlier turns (for follow-ups)."""
         started = time.perf_counter()
         raw = question if isinstance(question, str) else str(question)
-        text = normalize_question(raw)
+        text = normalize_question(self.condense(raw, history) if history else raw)
         notice = None
         if len(text) > self.settings.max_question_chars:
             text = text[: self.settings.max_question_chars]
