@@ -13,7 +13,7 @@ import os
 import re
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported anywhere
@@ -22,7 +22,7 @@ import gradio as gr  # noqa: E402
 
 from bot.compose import T as ANSWER_TEXT  # noqa: E402
 from bot.knowledge import DecisionFlow  # noqa: E402
-from bot.service import AnswerService  # noqa: E402
+from bot.service import Answer, AnswerService  # noqa: E402
 from bot.text import tokenize  # noqa: E402
 from ingest.config import Settings  # noqa: E402
 
@@ -386,14 +386,14 @@ def settings_markdown(settings: Settings, service: AnswerService, ui_lang: str) 
 # --- app ---------------------------------------------------------------------------------------------------
 
 
-def _asker(service: AnswerService):
+def _asker(service: AnswerService) -> Callable[[str, list[dict[str, str]]], Answer]:
     """``ask(question, history)``: passes the chat history when the service's ``ask`` accepts ``history``."""
     try:
         takes_history = "history" in inspect.signature(service.ask).parameters
     except (TypeError, ValueError):
         takes_history = False
 
-    def ask(question: str, history: list[dict[str, str]]):
+    def ask(question: str, history: list[dict[str, str]]) -> Answer:
         return service.ask(question, history=history) if takes_history else service.ask(question)
 
     return ask
