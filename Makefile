@@ -41,9 +41,11 @@ run: setup
 serve: setup
 	$(PY) -m bot serve
 
-# Debian's chromium for the browser tests (Playwright drives /usr/bin/chromium; it never downloads a browser).
+# Debian's chromium for the browser tests (Playwright drives /usr/bin/chromium; it never downloads a browser),
+# and a Japanese font so screenshots show Japanese text.
 browser:
-	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	@test -x /usr/bin/chromium && fc-list 2>/dev/null | grep -qi ipa || \
+		{ apt-get update -qq && apt-get install -y -qq chromium fonts-ipafont-gothic >/dev/null; }
 
 test: setup setup-llm browser
 	$(PY) -m ruff check ingest bot tests

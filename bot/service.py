@@ -81,18 +81,20 @@ class AnswerService:
     def chunk_count(self) -> int:
         return len(self.retriever.chunks)
 
-    def condense(self, question: str, history: list[tuple[str, str]] | None) -> str:
+    def condense(self, question: str, history: list | None) -> str:
         """Without an LLM: a short follow-up that names no task of its own ("what if I only had 10 labels?") is read
         together with the previous question; anything else stands alone."""
-        if not history or len(question) > 160:
+        previous = previous_user_message(history)
+        if not previous or len(question) > 160:
             return question
         own = self.engine.decide(normalize_question(question).lower())
         if own.task is not None and own.task_score >= 1.0:
             return question
-        return f"{history[-1][0]} {question}"
+        return f"{previous} {question}"
 
-    def ask(self, question: str, history: list[tuple[str, str]] | None = None) -> Answer:
-        """Answer one question; ``history`` is [(user, assistant), ...] of earlier turns (for follow-ups)."""
+    def ask(self, question: str, history: list | None = None) -> Answer:
+        """Answer one question. ``history``: earlier turns, as (user, assistant) pairs or as chat messages
+        ({"role": "user"|"assistant", "content": ...}), used to read short follow-ups."""
         started = time.perf_counter()
         raw = question if isinstance(question, str) else str(question)
         text = normalize_question(self.condense(raw, history) if history else raw)
@@ -205,6 +207,17 @@ class AnswerService:
     def _finish(answer: Answer, started: float) -> Answer:
         answer.seconds = round(time.perf_counter() - started, 4)
         return answer
+
+
+def previous_user_message(history: list | None) -> str | None:
+    """The last user turn of a chat history in either format."""
+    for turn in reversed(history or []):
+        if isinstance(turn, dict):
+            if turn.get("role") == "user" and isinstance(turn.get("content"), str) and turn["content"].strip():
+                return turn["content"]
+        elif isinstance(turn, (list, tuple)) and turn and isinstance(turn[0], str):
+            return turn[0]
+    return None
 
 
 def check_citations(answer: Answer, store_ids: set[str] | None = None) -> list[str]:
