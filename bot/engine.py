@@ -433,7 +433,8 @@ class DecisionEngine:
     def flips(
         self, states: dict[str, ConditionState], path: list[ConditionState], verdict: str
     ) -> list[tuple[ConditionState, str]]:
-        """For each condition on the path, the verdict if its answer were the other one."""
+        """For each condition on the path, the verdict if its answer were the other one; the user's own facts
+        first (e.g. the label count), then what the question left open, then what the task type implies."""
         out = []
         for state in path:
             flipped = dict(states)
@@ -441,7 +442,8 @@ class DecisionEngine:
             new_verdict, _ = self.walk(flipped)
             if new_verdict != verdict:
                 out.append((state, new_verdict))
-        return out
+        rank = {"labels": 0, "cue": 0, "multi": 0, "": 1}
+        return sorted(out, key=lambda item: rank.get(item[0].why, 2))
 
 
 def _terms(text: str) -> frozenset[str]:
