@@ -4,6 +4,7 @@ model cites nothing, fails or times out. Backends are imported lazily; the defau
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -79,6 +80,8 @@ def make_chat_model(settings: Settings) -> BaseChatModel:
         if settings.llm_gguf_path is None:
             raise GeneratorError("DOTCHI_GENERATOR=llamacpp needs DOTCHI_LLM_GGUF_PATH (a local .gguf file)")
         return LlamaCppChat.from_path(str(settings.llm_gguf_path))
+    if kind == "none":
+        raise GeneratorError("DOTCHI_GENERATOR=none: no LLM backend is configured (use openai, ollama or llamacpp)")
     raise GeneratorError(f"unknown generator '{kind}' (use none, openai, ollama or llamacpp)")
 
 
@@ -175,8 +178,10 @@ class GroundedChain:
         return text or f"{history[-1][0]} {question}"
 
     def messages(self, question: str, base: Answer) -> list[BaseMessage]:
+        # Escaped so that source text (data) cannot close <source>/<sources> and pose as instructions.
         sources = "\n".join(
-            f'<source n="{c["n"]}" title="{c["title"]}" section="{c["section"]}">\n{c["text"]}\n</source>'
+            f'<source n="{c["n"]}" title="{html.escape(c["title"])}" section="{html.escape(c["section"])}">\n'
+            f"{html.escape(c['text'], quote=False)}\n</source>"
             for c in base.citations
         )
         path = " → ".join(f"{p['step']}. {p['condition']}: {p['holds']}" for p in base.flow_path) or "n/a"

@@ -114,7 +114,7 @@ _JA_SKIP_POS = {"助詞", "助動詞", "補助記号", "空白", "記号"}
 def normalize_question(text: str) -> str:
     """NFKC, control characters removed (newlines/tabs become spaces), whitespace collapsed."""
     text = unicodedata.normalize("NFKC", text)
-    text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in text)
+    text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") else c for c in text)
     return re.sub(r"\s+", " ", text).strip()
 
 
