@@ -374,8 +374,9 @@ class DecisionEngine:
                 return target, path
         raise ValueError("decision flow ends without an outcome; check corpus/decision_flow.toml")
 
-    def decide(self, text: str, vector: np.ndarray | None = None) -> Decision:
-        """``text`` is the normalised, lower-cased question."""
+    def decide(self, text: str, vector: np.ndarray | None = None, follow_up: str | None = None) -> Decision:
+        """``text`` is the normalised, lower-cased question. When it is an earlier question joined with a
+        ``follow_up``, what the follow-up itself states (cues, label counts) overrides the earlier facts."""
         text = re.sub(r"\s*(?:→|->|⇒|=>)\s*", "-", text)
         tasks = self.match_tasks(text, vector)
         lexical = [t for t, s in tasks if s >= 1.0]
@@ -384,6 +385,10 @@ class DecisionEngine:
         score = tasks[0][1] if tasks else 0.0
         named = [t for t, s in tasks if s >= 1.01]  # whole aliases only: partial matches don't count as named tasks
         states, count = self.read_conditions(text, task, len(named))
+        if follow_up:
+            own_states, own_count = self.read_conditions(follow_up, task, 0)
+            states.update({cid: st for cid, st in own_states.items() if st.why in ("cue", "labels")})
+            count = own_count if own_count is not None else count
         cue_hit = any(s.why in ("cue", "labels") for s in states.values())
         stemmed = stem_text(text)
         considerations = [c for c in self.flow.considerations if _longest(text, c.cues, stemmed)]

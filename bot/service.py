@@ -98,6 +98,7 @@ class AnswerService:
         started = time.perf_counter()
         raw = question if isinstance(question, str) else str(question)
         text = normalize_question(self.condense(raw, history) if history else raw)
+        follow_up = normalize_question(raw).lower() if text != normalize_question(raw) else None
         notice = None
         if len(text) > self.settings.max_question_chars:
             text = text[: self.settings.max_question_chars]
@@ -107,7 +108,7 @@ class AnswerService:
             return self._finish(Answer(raw, lang, None, True, T[lang]["empty"], [], [], notice=notice), started)
         lowered = text.lower()
         vector = self.retriever.embed_query(text)
-        decision = self.engine.decide(lowered, vector)
+        decision = self.engine.decide(lowered, vector, follow_up=follow_up)
         extra = [name for t in ([decision.task] if decision.task else []) for name in t.all_names[:6]]
         hits = self.retriever.search(text, k=8, extra_terms=tokenize(" ".join(extra)), vector=vector)
         top_dense = max((h.dense for h in hits), default=0.0)

@@ -181,3 +181,14 @@ def test_any_text_gets_a_valid_answer(bot_service: AnswerService, bot_store_ids:
     answer = bot_service.ask(question)
     assert_contract(answer, question)
     assert check_citations(answer, bot_store_ids) == []
+
+
+def test_follow_up_facts_override_the_earlier_question(bot_service) -> None:
+    """A short follow-up is read with the previous question, and its own label count wins over the earlier one."""
+    first = "感情分析でラベル付きデータが20万件ある。LLMとファインチューニング、どっち？"
+    history = [{"role": "user", "content": first}, {"role": "assistant", "content": "…"}]
+    follow = bot_service.ask("ラベル付きデータが30件しかなかったら？", history=history)
+    assert bot_service.ask(first).verdict == "fine_tuned"
+    assert follow.verdict in ("llm", "depends")
+    few = next(p for p in follow.flow_path if p["id"] == "few_labels")
+    assert few["holds"] is True
