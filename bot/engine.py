@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -230,17 +230,26 @@ def stem_text(text: str) -> str:
     return " " + " ".join(_stem(w) for w in _ASCII_WORD.findall(text)) + " "
 
 
+@cache
+def _phrase_pattern(phrase: str) -> tuple[re.Pattern[str], str | None]:
+    """Compiled once per phrase (the catalog has ~1,000; recompiling them per question dominated latency)."""
+    pattern = re.compile(rf"(?<![a-z0-9]){re.escape(phrase)}(?:e?s)?(?![a-z0-9])")
+    multi_word = re.search(r"[\s-]", phrase.strip()) is not None
+    return pattern, stem_text(phrase) if multi_word else None
+
+
 def _contains(text: str, phrase: str, stemmed: str | None = None) -> bool:
     """ASCII phrases match whole words: one word also in its plural, several words inflection-insensitively
     ("summarize meeting notes" ~ "summarization of meeting notes"); other phrases (Japanese) match as substrings."""
     if not phrase.isascii():
         return phrase in text
-    if re.search(rf"(?<![a-z0-9]){re.escape(phrase)}(?:e?s)?(?![a-z0-9])", text):
+    pattern, phrase_stems = _phrase_pattern(phrase)
+    if pattern.search(text):
         return True
-    if not re.search(r"[\s-]", phrase.strip()):
+    if phrase_stems is None:
         return False  # single words: stems are too loose ("reasons" is not "reasoning")
     stemmed = stemmed if stemmed is not None else stem_text(text)
-    return stem_text(phrase) in stemmed
+    return phrase_stems in stemmed
 
 def _longest(text: str, phrases: tuple[str, ...], stemmed: str | None = None) -> str | None:
     stemmed = stemmed if stemmed is not None else stem_text(text)
