@@ -201,16 +201,6 @@ def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence
                 + task.finding[lang]
                 + cites.cite(evidence(task.sections))
             )
-        for key in decision.conflicts:
-            if key.startswith("task:"):
-                other = next(x for x in decision.extra_tasks if x.id == key[5:])
-                lines.append(
-                    "- "
-                    + t["side_task"].format(name=other.names[lang][0], label=flow.outcomes[other.verdict].label[lang])
-                    + " "
-                    + other.finding[lang]
-                    + cites.cite(evidence(other.sections))
-                )
         if deciding is not None:
             lines.append(
                 "- "
@@ -301,11 +291,8 @@ def best_sentences(text: str, question_terms: set[str], limit: int = 2) -> str:
         return " ".join(sentences) if sentences else text.strip()
     scored = sorted(range(len(sentences)), key=lambda i: -len(question_terms & set(tokenize(sentences[i]))))
     keep = sorted(scored[:limit])
-    return ("" if lang_sep(sentences) else " ").join(sentences[i] for i in keep)
-
-
-def lang_sep(sentences: list[str]) -> bool:
-    return any("。" in s for s in sentences)
+    separator = "" if any("。" in s for s in sentences) else " "  # Japanese sentences join without spaces
+    return separator.join(sentences[i] for i in keep)
 
 
 def compose_content(chunks: list[StoredChunk], question: str, lang: str, cites: Citations) -> str:

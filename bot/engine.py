@@ -184,7 +184,6 @@ class Decision:
     considerations: list[Consideration] = field(default_factory=list)
     flips: list[tuple[ConditionState, str]] = field(default_factory=list)  # (condition, verdict if flipped)
     label_count: int | None = None
-    extra_tasks: list[Task] = field(default_factory=list)
     cue_hit: bool = False  # the question itself settled a flow condition or raised a consideration
 
 
@@ -414,7 +413,6 @@ class DecisionEngine:
             deciding=path[-1],
             considerations=considerations,
             label_count=count,
-            extra_tasks=lexical[1:],
             cue_hit=cue_hit or bool(considerations),
         )
         if not is_decision:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from bot.service import Answer, AnswerService
+from bot.service import Answer, AnswerService, previous_user_message
 from ingest.config import Settings
 
 CONDENSE_PROMPT = (
@@ -175,7 +175,7 @@ class GroundedChain:
             text = str(self.model.invoke(messages).content).strip()
         except Exception:  # noqa: BLE001 - a failed condensation falls back to plain concatenation
             text = ""
-        return text or f"{history[-1][0]} {question}"
+        return text or f"{previous_user_message(history)} {question}"
 
     def messages(self, question: str, base: Answer) -> list[BaseMessage]:
         # Escaped so that source text (data) cannot close <source>/<sources> and pose as instructions.

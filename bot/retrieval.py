@@ -113,19 +113,7 @@ class HybridRetriever:
         return sorted(hits.values(), key=lambda h: -h.score)[:k]
 
     def dense(self, vector: np.ndarray, k: int, where: dict | None = None) -> list[tuple[StoredChunk, float]]:
-        got = self.store.chunks.query(
-            query_embeddings=[vector.tolist()],
-            n_results=k * 2,
-            where=where,
-            include=["documents", "metadatas", "distances"],
-        )
-        out = []
-        for cid, text, meta, dist in zip(
-            got["ids"][0], got["documents"][0], got["metadatas"][0], got["distances"][0], strict=True
-        ):
-            if self.live.get(meta.get("source_path")) == meta.get("generation"):
-                out.append((StoredChunk(cid, text, meta), 1.0 - float(dist)))
-        return out[:k]
+        return self.store.query(vector, k, live=self.live, where=where)
 
     def sections_under(self, section: str) -> list[str]:
         return [s for s in self.sections if s == section or s.startswith(section + ".")]

@@ -165,9 +165,6 @@ class AnswerService:
         answer.citations = [c.to_json() for c in cites.items]
         return self._finish(answer, started)
 
-    def ask_many(self, questions: list[str]) -> list[Answer]:
-        return [self.ask(q) for q in questions]
-
     @staticmethod
     def _content_chunks(hits, lang: str, limit: int = 3, first=()):
         """Chunks of sections the question names, then the top fused hits (one per source file), the question's

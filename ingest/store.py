@@ -163,12 +163,16 @@ class ChunkStore:
         self.chunks = self._collection(self.settings.collection)
         self.files = self._collection(f"{self.settings.collection}_files")
 
-    def query(self, vector, k: int, live: dict[str, str] | None = None) -> list[tuple[StoredChunk, float]]:
-        """Dense search; returns (chunk, cosine similarity). Stale generations are filtered out."""
+    def query(
+        self, vector, k: int, live: dict[str, str] | None = None, where: dict | None = None
+    ) -> list[tuple[StoredChunk, float]]:
+        """Dense search (optionally with a Chroma ``where`` filter); returns (chunk, cosine similarity). Given the
+        live generations, stale ones are filtered out (over-fetching 2x to make up for them)."""
         fetch = k * 2 if live is not None else k
         got = self.chunks.query(
             query_embeddings=[list(map(float, vector))],
             n_results=max(1, fetch),
+            where=where,
             include=["documents", "metadatas", "distances"],
         )
         out = []

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import stop_process
 
 from bot.llm import Generated, GroundedChain, LlamaCppChat, make_chat_model
 from bot.service import Answer, AnswerService, check_citations
@@ -85,12 +86,7 @@ def llm_server(gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             time.sleep(0.5)
         yield {"base_url": f"http://127.0.0.1:{port}/v1", "port": port, "log": log_path}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 
