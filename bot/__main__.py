@@ -20,20 +20,30 @@ def main(argv: list[str] | None = None) -> int:
     ask = sub.add_parser("ask", help="answer one or more questions")
     ask.add_argument("questions", nargs="+")
     ask.add_argument("--json", action="store_true", help="one JSON object per question, one per line")
-    ask.add_argument("--llm", choices=["none", "openai", "ollama", "llamacpp"], default=None,
-                     help="generate the prose with an LLM backend (default: DOTCHI_GENERATOR, normally none)")
+    ask.add_argument(
+        "--llm",
+        choices=["none", "openai", "ollama", "llamacpp"],
+        default=None,
+        help="generate the prose with an LLM backend (default: DOTCHI_GENERATOR, normally none)",
+    )
     ev = sub.add_parser("eval", help="evaluate on a JSONL dev set")
     ev.add_argument("file", nargs="?", type=Path, default=None)
     ev.add_argument("--json", action="store_true")
-    ev.add_argument("--split", choices=["all", "dev", "heldout"], default="all")
-    ev.add_argument("--failures", action="store_true", help="list the failed questions")
+    ev.add_argument("--split", default="all", help="all, or one split name in the file (dev, heldout, ...)")
+    ev.add_argument("--failures", action="store_true", help="list the failed questions (of the last reader run)")
+    ev.add_argument("--reader", choices=["both", "rules", "learned"], default="both")
     serve = sub.add_parser("serve", help="start the Gradio UI")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
+    train = sub.add_parser("train-reader", help="train the learned question reader on corpus/reader/")
+    train.add_argument("--cv", action="store_true", help="also cross-validate (k-fold by scenario), rules vs learned")
+    train.add_argument("--folds", type=int, default=5)
+    train.add_argument("--json", action="store_true")
     bench = sub.add_parser("bench", help="speed/quality benchmark")
     bench.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
+    from bot.knowledge import KnowledgeError
     from bot.llm import GeneratorError
     from ingest.config import get_settings
     from ingest.embeddings import ModelError
@@ -65,17 +75,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             from bot.evaluate import main as eval_main
 
-            return eval_main(settings, args.file, args.split, args.json, args.failures)
+            return eval_main(settings, args.file, args.split, args.json, args.failures, args.reader)
         if args.command == "serve":
             from bot.ui import serve as serve_ui
 
             serve_ui(settings, host=args.host, port=args.port)
             return 0
+        if args.command == "train-reader":
+            from bot.reader import main as train_main
+
+            return train_main(settings, cv=args.cv, folds=args.folds, as_json=args.json)
         if args.command == "bench":
             from bot.bench import main as bench_main
 
             return bench_main(settings, args.json)
-    except (ModelError, StoreError, GeneratorError) as exc:
+    except (ModelError, StoreError, GeneratorError, KnowledgeError) as exc:
         print(f"bot: {exc}", file=sys.stderr)
         return 2
     return 1

@@ -14,160 +14,56 @@ from functools import cache, lru_cache
 import numpy as np
 
 from bot.knowledge import Condition, Consideration, DecisionFlow, Task
+from bot.lexicon import Lexicon, load_lexicon
 from bot.text import tokenize_cached
 
-# A count: not part of a name like "gpt-4", "t5", "sst-2", and not a percentage.
-_NUMBER = re.compile(
-    r"(?<![a-z0-9.\-])(?P<num>\d+(?:[.,]\d+)*)(?![\d])\s*(?P<unit>k\b|m\b|thousand|million|万|千|百)?"
-    r"(?!\s*(?:%|per ?cent|パーセント))",
-    re.IGNORECASE,
-)
-_WORD_NUMBERS = {
-    "zero": 0,
-    "no": 0,
-    "practically no": 0,
-    "ゼロ": 0,
-    "0件": 0,
-    "a handful of": 5,
-    "handful of": 5,
-    "a few dozen": 36,
-    "few dozen": 36,
-    "a dozen": 12,
-    "one": 1,
-    "two": 2,
-    "three": 3,
-    "four": 4,
-    "five": 5,
-    "six": 6,
-    "seven": 7,
-    "eight": 8,
-    "nine": 9,
-    "ten": 10,
-    "twenty": 20,
-    "fifty": 50,
-    "a hundred": 100,
-    "hundreds of": 300,
-    "thousands of": 3000,
-    "millions of": 3_000_000,
-    "数件": 5,
-    "十数件": 15,
-    "数十件": 50,
-    "数百件": 300,
-    "数千件": 3000,
-    "数万件": 30_000,
-    "数百万": 3_000_000,
-}
+
+def _number_pattern(units: tuple[str, ...]) -> re.Pattern[str]:
+    """A count: not part of a name like "gpt-4", "t5", "sst-2", and not a percentage; optional unit after it."""
+    alternatives = "|".join(re.escape(u) + (r"\b" if u.isascii() else "") for u in sorted(units, key=len, reverse=True))
+    return re.compile(
+        rf"(?<![a-z0-9.\-])(?P<num>\d+(?:[.,]\d+)*)(?![\d])\s*(?P<unit>{alternatives})?"
+        r"(?!\s*(?:%|per ?cent|パーセント))",
+        re.IGNORECASE,
+    )
+
+
+_number_pattern = cache(_number_pattern)
 _KANA_OR_HAN = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")
-_COUNTERS = set("件文例個行枚本組対")
-_UNITS = {"k": 1_000, "thousand": 1_000, "m": 1_000_000, "million": 1_000_000, "万": 10_000, "千": 1_000, "百": 100}
-# Words that make a nearby count a count of labelled training examples.
-_LABEL_WORDS = (
-    "label",
-    "annotat",
-    "training example",
-    "training data",
-    "examples",
-    "samples",
-    "labelled",
-    "labeled",
-    "scored example",
-    "parallel",
-    "ラベル",
-    "正解",
-    "アノテーション",
-    "教師データ",
-    "学習データ",
-    "学習用",
-    "実績データ",
-    "訓練データ",
-    "対訳",
-    "注釈",
-)
-_PER_WORDS = ("per ", "each", "各", "ずつ", "ごと")
-# Phrases that ask for a choice between model types (a content cue does not override these).
-_DECISION_CUES = (
-    "should i",
-    "should we",
-    "which kind of model",
-    "which model",
-    "llm or",
-    "or an llm",
-    "or a llm",
-    "or fine-tun",
-    "or a fine-tuned",
-    "or a small",
-    " vs",
-    "versus",
-    "worth",
-    "is an llm",
-    "do we need",
-    "do i need",
-    "is a small model enough",
-    "どっち",
-    "どちら",
-    "べき",
-    "向いて",
-    "向く",
-    "選ぶ",
-    "足り",
-    "大丈夫",
-    "アリ",
-    "意味って",
-    "勝ち",
-    "おすすめ",
-    "いいでしょう",
-    "耐えられ",
-    "いいんでしょうか",
-    "でいいの",
-    "suffice",
-    "necessary or",
-    "いい?",
-)
-_CONTENT_CUES = (
-    "what does the survey",
-    "what does the paper",
-    "according to the survey",
-    "the survey say",
-    "the paper say",
-    "explain",
-    "summarize",
-    "summarise",
-    "define",
-    "definition",
-    "what are the",
-    "what is the",
-    "what role",
-    "how does the paper",
-    "how does the survey",
-    "remark ",
-    "does the survey",
-    "サーベイは",
-    "サーベイでは",
-    "論文では",
-    "論文の",
-    "について",
-    "とは何",
-    "とは?",
-    "って何",
-    "教えて",
-    "違いは",
-    "述べ",
-    "論じ",
-    "指摘",
-    "書かれ",
-    "挙げられ",
-    "何と言",
-    "どう書",
-    "内容",
-)
 
 
 @dataclass
 class ConditionState:
     condition: Condition
     holds: bool | None
-    why: str  # "cue", "labels", "task", "multi" or "" (unknown)
-    evidence: str = ""  # the cue phrase or number that settled it
+    why: str  # "cue", "labels", "learned", "task", "implied", "multi" or "" (unknown)
+    evidence: str = ""  # the phrase or sentence of the question that settled it
+    p: float | None = None  # the reader's probability for this value, when the reader gives one
+
+    @property
+    def stated(self) -> bool:
+        """Settled by the question's own words (not by the task type or an implication)."""
+        return self.why in ("cue", "labels", "learned", "multi")
+
+
+@dataclass
+class Reading:
+    """What a question states, as read by a reader (the rule reader or the learned one): the walk's input."""
+
+    intent: str  # "decision" | "content" | "offtopic"
+    intent_p: float
+    states: dict[str, ConditionState]
+    label_count: int | None
+    task: Task | None
+    task_score: float  # rule reader: >= 1.0 for an alias match, else a similarity; learned: a probability
+    task_named: bool  # the question names the task itself (alias or confident prediction), not a weak guess
+    considerations: list[Consideration]
+    reader: str = "rules"
+
+    @property
+    def cue_hit(self) -> bool:
+        """The question itself settled a flow condition or raised a consideration."""
+        return any(s.stated and s.holds is not None for s in self.states.values()) or bool(self.considerations)
 
 
 @dataclass
@@ -180,11 +76,13 @@ class Decision:
     states: dict[str, ConditionState]
     path: list[ConditionState]
     deciding: ConditionState | None
-    conflicts: list[str] = field(default_factory=list)  # human-readable keys: "task", "consideration:<id>", ...
+    conflicts: list[str] = field(default_factory=list)  # "task", "consideration:<id>", "unknown", "unsure"
     considerations: list[Consideration] = field(default_factory=list)
     flips: list[tuple[ConditionState, str]] = field(default_factory=list)  # (condition, verdict if flipped)
     label_count: int | None = None
     cue_hit: bool = False  # the question itself settled a flow condition or raised a consideration
+    reading: Reading | None = None
+    caveats: list[str] = field(default_factory=list)  # "task": the task's finding, measured in another regime
 
 
 _SUFFIXES = (
@@ -250,21 +148,23 @@ def _contains(text: str, phrase: str, stemmed: str | None = None) -> bool:
     stemmed = stemmed if stemmed is not None else stem_text(text)
     return phrase_stems in stemmed
 
+
 def _longest(text: str, phrases: tuple[str, ...], stemmed: str | None = None) -> str | None:
     stemmed = stemmed if stemmed is not None else stem_text(text)
     found = [p for p in phrases if p and _contains(text, p, stemmed)]
     return max(found, key=len) if found else None
 
 
-def label_count(text: str) -> int | None:
+def label_count(text: str, lexicon: Lexicon | None = None) -> int | None:
     """The number of labelled examples a question mentions (e.g. '200k labels', '20万件のラベル', 'ten labelled')."""
+    lex = lexicon or load_lexicon()
     counts = []
-    for word, value in _WORD_NUMBERS.items():
-        for m in re.finditer(rf"(?<![a-z]){re.escape(word)}(?![a-z])", text):
+    for pattern, value in lex.word_number_patterns():
+        for m in pattern.finditer(text):
             counts.append((m.start(), m.end(), value))
-    for m in _NUMBER.finditer(text):
+    for m in _number_pattern(tuple(lex.units)).finditer(text):
         following = text[m.end() : m.end() + 1]
-        if following and _KANA_OR_HAN.match(following) and following not in _COUNTERS:
+        if following and _KANA_OR_HAN.match(following) and following not in lex.counters:
             continue  # "1クエリ", "3ヶ月": a number, but not a count of examples
         raw = m.group("num").replace(",", "")
         try:
@@ -272,13 +172,13 @@ def label_count(text: str) -> int | None:
         except ValueError:
             continue
         unit = (m.group("unit") or "").lower()
-        value *= _UNITS.get(unit, 1)
+        value *= lex.units.get(unit, 1)
         counts.append((m.start(), m.end(), int(value)))
     best = None
     for start, end, value in counts:
         window = text[max(0, start - 30) : end + 30]
-        if any(w in window for w in _LABEL_WORDS):
-            per = any(w in text[max(0, start - 12) : end + 12] for w in _PER_WORDS)
+        if any(w in window for w in lex.label_words):
+            per = any(w in text[max(0, start - 12) : end + 12] for w in lex.per_words)
             value = value * 3 if per else value  # "15 per team": a few classes' worth; still small
             best = value if best is None else max(best, value)
     return best
@@ -289,12 +189,15 @@ def label_count(text: str) -> int | None:
 SEMANTIC_TASK_MIN = 0.90
 
 
-class DecisionEngine:
-    """Stateless apart from the flow and an embedding matrix of the task catalog (for semantic task matching)."""
+class RuleReader:
+    """The hand-written reading: cue phrases and aliases from ``decision_flow.toml``, intent cues from the lexicon.
+    Kept as the fallback and for side-by-side evaluation against the learned reader."""
 
-    def __init__(self, flow: DecisionFlow, embed_queries=None, embed_documents=None) -> None:
+    name = "rules"
+
+    def __init__(self, flow: DecisionFlow, lexicon: Lexicon | None = None, embed_documents=None) -> None:
         self.flow = flow
-        self._embed_queries = embed_queries
+        self.lexicon = lexicon or load_lexicon()
         self.task_matrix: np.ndarray | None = None
         for task in flow.tasks:  # warm the alias-term cache so the first question is not slow
             for name in task.all_names:
@@ -306,7 +209,6 @@ class DecisionEngine:
             ]
             self.task_matrix = embed_documents(texts)
 
-    # ------------------------------------------------------------------ reading the question
     def match_tasks(self, text: str, vector: np.ndarray | None) -> list[tuple[Task, float]]:
         """Catalog tasks named in the question (alias match, scored by alias length), else the semantic best."""
         lexical = []
@@ -328,11 +230,9 @@ class DecisionEngine:
             return [(self.flow.tasks[idx], float(sims[idx]))]
         return []
 
-    def read_conditions(
-        self, text: str, task: Task | None, n_tasks: int
-    ) -> tuple[dict[str, ConditionState], int | None]:
+    def cue_states(self, text: str, count: int | None) -> dict[str, ConditionState]:
+        """Each condition as its cue phrases and the label count settle it (None where nothing does)."""
         states: dict[str, ConditionState] = {}
-        count = label_count(text)
         stemmed = stem_text(text)
         for cond in self.flow.conditions:
             yes, no = _longest(text, cond.cues_yes, stemmed), _longest(text, cond.cues_no, stemmed)
@@ -343,35 +243,99 @@ class DecisionEngine:
             else:
                 state = ConditionState(cond, None, "")
             if cond.numeric and count is not None:
-                if count <= int(cond.numeric.get("yes_if_at_most", -1)):
-                    state = ConditionState(cond, True, "labels", str(count))
-                elif count >= int(cond.numeric.get("no_if_at_least", 10**12)):
-                    state = ConditionState(cond, False, "labels", str(count))
-            if state.holds is None and task is not None and cond.id in task.conditions:
-                state = ConditionState(cond, task.conditions[cond.id], "task", task.id)
+                state = numeric_state(cond, count) or state
             states[cond.id] = state
-        for cond in self.flow.conditions:  # answering step 9/10 presupposes step 8
-            if states[cond.id].holds is not None and states[cond.id].why in ("cue", "task"):
-                for implied in cond.implies:
-                    if states[implied].holds is None:
-                        states[implied] = ConditionState(self.flow.condition(implied), True, "implied", cond.id)
-        multi = next((c for c in self.flow.conditions if c.yes != "next" and c.id == "multi_task"), None)
-        if multi is not None and n_tasks >= 3 and states[multi.id].holds is not True:
-            states[multi.id] = ConditionState(multi, True, "multi", str(n_tasks))
-        return states, count
+        return states
 
-    def is_decision_question(self, text: str, task_hit: bool, cue_hit: bool) -> bool:
+    def considerations(self, text: str) -> list[Consideration]:
+        stemmed = stem_text(text)
+        return [c for c in self.flow.considerations if _longest(text, c.cues, stemmed)]
+
+    def intent(self, text: str, task_hit: bool, cue_hit: bool) -> str:
         """A request for a verdict: asks to choose, or describes a task/situation without asking what the
         survey says. A bare choice with nothing to go on is still a decision question (answered 'depends')."""
         plain = re.sub(r"[,、]", "", text)
-        decision_cue = any(c in plain for c in _DECISION_CUES)
-        if decision_cue and not asks_about_survey(text):
-            return True
-        if any(c in text for c in _CONTENT_CUES):
-            return False
-        return task_hit or cue_hit
+        if any(c in plain for c in self.lexicon.decision_cues) and not asks_about_survey(text, self.lexicon):
+            return "decision"
+        if any(c in text for c in self.lexicon.content_cues):
+            return "content"
+        return "decision" if task_hit or cue_hit else "content"
 
-    # ------------------------------------------------------------------ the walk
+    def read(
+        self, text: str, vector: np.ndarray | None = None, follow_up: str | None = None, follow_up_vector=None
+    ) -> Reading:
+        """``text`` is the normalised, lower-cased question. When it is an earlier question joined with a
+        ``follow_up``, what the follow-up itself states (cues, label counts) overrides the earlier facts."""
+        tasks = self.match_tasks(text, vector)
+        lexical = [t for t, s in tasks if s >= 1.0]
+        semantic_ok = bool(tasks) and tasks[0][1] >= SEMANTIC_TASK_MIN
+        task = tasks[0][0] if tasks and (lexical or semantic_ok) else None
+        score = tasks[0][1] if tasks else 0.0
+        named = [t for t, s in tasks if s >= 1.01]  # whole aliases only: partial matches don't count as named tasks
+        count = label_count(text, self.lexicon)
+        states = self.cue_states(text, count)
+        if follow_up:
+            own_count = label_count(follow_up, self.lexicon)
+            own = self.cue_states(follow_up, own_count)
+            states.update({cid: st for cid, st in own.items() if st.why in ("cue", "labels")})
+            count = own_count if own_count is not None else count
+        multi = states.get("multi_task")
+        if multi is not None and len(named) >= 3 and multi.holds is not True:
+            states["multi_task"] = ConditionState(multi.condition, True, "multi", str(len(named)))
+        considerations = self.considerations(text)
+        cue_hit = any(s.why in ("cue", "labels", "multi") for s in states.values()) or bool(considerations)
+        return Reading(
+            intent=self.intent(text, task is not None, cue_hit),
+            intent_p=1.0,
+            states=states,
+            label_count=count,
+            task=task,
+            task_score=score,
+            task_named=task is not None and score >= 1.0,
+            considerations=considerations,
+            reader=self.name,
+        )
+
+
+def numeric_state(cond: Condition, count: int) -> ConditionState | None:
+    """The label-count rule of thumb (thresholds in ``decision_flow.toml``), or None between the thresholds."""
+    if count <= int(cond.numeric.get("yes_if_at_most", -1)):
+        return ConditionState(cond, True, "labels", str(count), 1.0)
+    if count >= int(cond.numeric.get("no_if_at_least", 10**12)):
+        return ConditionState(cond, False, "labels", str(count), 1.0)
+    return None
+
+
+class DecisionEngine:
+    """Walks Figure 2 over a question's reading; the reader (rules by default, or the learned one) is pluggable."""
+
+    def __init__(self, flow: DecisionFlow, embed_queries=None, embed_documents=None, reader=None) -> None:
+        self.flow = flow
+        self.rules = RuleReader(flow, embed_documents=embed_documents)
+        self.reader = reader or self.rules
+
+    def decide(
+        self, text: str, vector: np.ndarray | None = None, follow_up: str | None = None, follow_up_vector=None
+    ) -> Decision:
+        text = re.sub(r"\s*(?:→|->|⇒|=>)\s*", "-", text)
+        return self.decide_reading(self.reader.read(text, vector, follow_up, follow_up_vector))
+
+    def complete(self, reading: Reading) -> dict[str, ConditionState]:
+        """The reading's states, with what the task type settles filling what the question left open, and the
+        conditions that answering step 9/10 presupposes (step 8)."""
+        states = dict(reading.states)
+        task = reading.task
+        if task is not None:
+            for cid, holds in task.conditions.items():
+                if states[cid].holds is None:
+                    states[cid] = ConditionState(self.flow.condition(cid), holds, "task", task.id)
+        for cond in self.flow.conditions:
+            if states[cond.id].holds is not None and states[cond.id].why in ("cue", "task", "learned"):
+                for implied in cond.implies:
+                    if states[implied].holds is None:
+                        states[implied] = ConditionState(self.flow.condition(implied), True, "implied", cond.id)
+        return states
+
     def walk(self, states: dict[str, ConditionState]) -> tuple[str, list[ConditionState]]:
         path: list[ConditionState] = []
         for cond in self.flow.conditions:
@@ -382,63 +346,39 @@ class DecisionEngine:
                 return target, path
         raise ValueError("decision flow ends without an outcome; check corpus/decision_flow.toml")
 
-    def decide(self, text: str, vector: np.ndarray | None = None, follow_up: str | None = None) -> Decision:
-        """``text`` is the normalised, lower-cased question. When it is an earlier question joined with a
-        ``follow_up``, what the follow-up itself states (cues, label counts) overrides the earlier facts."""
-        text = re.sub(r"\s*(?:→|->|⇒|=>)\s*", "-", text)
-        tasks = self.match_tasks(text, vector)
-        lexical = [t for t, s in tasks if s >= 1.0]
-        semantic_ok = bool(tasks) and tasks[0][1] >= SEMANTIC_TASK_MIN
-        task = tasks[0][0] if tasks and (lexical or semantic_ok) else None
-        score = tasks[0][1] if tasks else 0.0
-        named = [t for t, s in tasks if s >= 1.01]  # whole aliases only: partial matches don't count as named tasks
-        states, count = self.read_conditions(text, task, len(named))
-        if follow_up:
-            own_states, own_count = self.read_conditions(follow_up, task, 0)
-            states.update({cid: st for cid, st in own_states.items() if st.why in ("cue", "labels")})
-            count = own_count if own_count is not None else count
-        cue_hit = any(s.why in ("cue", "labels") for s in states.values())
-        stemmed = stem_text(text)
-        considerations = [c for c in self.flow.considerations if _longest(text, c.cues, stemmed)]
-        is_decision = self.is_decision_question(text, task is not None, cue_hit or bool(considerations))
+    def decide_reading(self, reading: Reading) -> Decision:
+        states = self.complete(reading)
+        task = reading.task
         flow_verdict, path = self.walk(states)
         decision = Decision(
-            is_decision=is_decision,
+            is_decision=reading.intent == "decision",
             verdict=None,
             flow_verdict=flow_verdict,
             task=task,
-            task_score=score,
+            task_score=reading.task_score,
             states=states,
             path=path,
             deciding=path[-1],
-            considerations=considerations,
-            label_count=count,
-            cue_hit=cue_hit or bool(considerations),
+            considerations=reading.considerations,
+            label_count=reading.label_count,
+            cue_hit=reading.cue_hit,
+            reading=reading,
         )
-        if not is_decision:
+        if not decision.is_decision:
             return decision
-        verdict = flow_verdict
-        multi_task = states.get("multi_task")
-        if (
-            task is not None
-            and not task.generic
-            and task.verdict != flow_verdict
-            and not (multi_task and multi_task.holds)
-            # The user re-describing a property the task type itself settles (e.g. closed-book QA whose facts
-            # contradict the real world) refines the task; a situational condition (few labels, OOD inputs)
-            # pulling against the task's finding is a real conflict.
-            and path[-1].condition.id not in task.conditions
-        ):
-            decision.conflicts.append("task")
-        for cons in considerations:
+        deciding = path[-1].condition.id
+        if task is not None and not task.generic and task.verdict != flow_verdict:
+            # The finding decides only where it was measured in this very situation; elsewhere it is a caveat.
+            if deciding in getattr(task, "finding_covers", ()):
+                decision.conflicts.append("task")
+            else:
+                decision.caveats.append("task")
+        for cons in reading.considerations:
             if cons.favours in self.flow.outcomes and cons.favours != flow_verdict:
                 decision.conflicts.append(f"consideration:{cons.id}")
-        if decision.conflicts:
-            verdict = "depends"
-        elif task is None and not cue_hit and not considerations:
-            verdict = "depends"  # nothing in the question settles the flow: say what we would need to know
-            decision.conflicts.append("unknown")
-        decision.verdict = verdict
+        if not decision.conflicts and task is None and not reading.cue_hit:
+            decision.conflicts.append("unknown")  # nothing in the question settles the flow: say what we need
+        decision.verdict = "depends" if decision.conflicts else flow_verdict
         decision.flips = self.flips(states, path, flow_verdict)
         return decision
 
@@ -454,7 +394,7 @@ class DecisionEngine:
             new_verdict, _ = self.walk(flipped)
             if new_verdict != verdict:
                 out.append((state, new_verdict))
-        rank = {"labels": 0, "cue": 0, "multi": 0, "": 1}
+        rank = {"labels": 0, "cue": 0, "learned": 0, "multi": 0, "": 1}
         return sorted(out, key=lambda item: rank.get(item[0].why, 2))
 
 
@@ -474,5 +414,5 @@ def _coverage(alias_terms: frozenset[str], question_terms: frozenset[str]) -> fl
     return float(sum(len(t) for t in found))
 
 
-def asks_about_survey(text: str) -> bool:
-    return any(w in text for w in ("survey", "paper", "the authors", "サーベイ", "論文", "remark", "述べられ"))
+def asks_about_survey(text: str, lexicon: Lexicon | None = None) -> bool:
+    return any(w in text for w in (lexicon or load_lexicon()).survey_words)

@@ -34,6 +34,11 @@ class Result:
         return any(s == e or s.startswith(e + ".") for s in self.sections for e in expected)
 
     @property
+    def intent(self) -> str:
+        """What the answer treated the question as: refused (offtopic), a verdict (decision) or content."""
+        return "offtopic" if self.abstained else ("decision" if self.verdict else "content")
+
+    @property
     def verdict_ok(self) -> bool | None:
         if self.item.get("kind") != "decision":
             return None
@@ -88,6 +93,7 @@ def metrics(results: list[Result]) -> dict:
     latencies = np.array([r.seconds for r in results]) * 1000 if results else np.array([0.0])
     return {
         "n": len(results),
+        "intent_accuracy": _rate([r.intent == r.item["kind"] for r in results if r.item.get("kind")]),
         "verdict_accuracy": _rate(verdicts),
         "section_hit_rate": _rate(hits),
         "abstention_precision": _rate([bool(r.item.get("expect_abstain")) for r in did]) if did else None,
@@ -100,9 +106,9 @@ def metrics(results: list[Result]) -> dict:
     }
 
 
-def report(results: list[Result]) -> dict:
+def report(results: list[Result], splits: tuple[str, ...] = ("all", "dev", "heldout")) -> dict:
     out = {}
-    for split in ("all", "dev", "heldout"):
+    for split in splits:
         chosen = [r for r in results if split == "all" or r.item.get("split", "dev") == split]
         if not chosen:
             continue
@@ -125,6 +131,7 @@ def _fmt(value) -> str:
 def table(summary: dict) -> str:
     cols = [
         "n",
+        "intent_accuracy",
         "verdict_accuracy",
         "section_hit_rate",
         "abstention_precision",
@@ -135,14 +142,17 @@ def table(summary: dict) -> str:
         "latency_ms_p50",
         "latency_ms_p95",
     ]
-    lines = ["| split | lang | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
-    for split, groups in summary.items():
-        for group, m in groups.items():
-            lines.append(f"| {split} | {group} | " + " | ".join(_fmt(m[c]) for c in cols) + " |")
+    lines = ["| reader | split | lang | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 3)]
+    for reader, splits in summary.items():
+        for split, groups in splits.items():
+            for group, m in groups.items():
+                lines.append(f"| {reader} | {split} | {group} | " + " | ".join(_fmt(m[c]) for c in cols) + " |")
     return "\n".join(lines)
 
 
-def main(settings: Settings, file: Path | None, split: str, as_json: bool, failures: bool) -> int:
+def main(
+    settings: Settings, file: Path | None, split: str, as_json: bool, failures: bool, readers: str = "both"
+) -> int:
     path = file or settings.corpus_dir / "dev_set.jsonl"
     try:
         items = load_items(path)
@@ -152,8 +162,15 @@ def main(settings: Settings, file: Path | None, split: str, as_json: bool, failu
     if split != "all":
         items = [i for i in items if i.get("split", "dev") == split]
     service = AnswerService(settings)
-    results = run(service, items)
-    summary = report(results)
+    learned = service.engine.reader
+    chosen = {"both": ("rules", "learned"), "rules": ("rules",), "learned": ("learned",)}[readers]
+    summary, results = {}, []
+    for name in chosen:
+        service.engine.reader = service.engine.rules if name == "rules" else learned
+        results = run(service, items)
+        splits = tuple(dict.fromkeys(["all", *(i.get("split", "dev") for i in items)]))
+        summary[service.engine.reader.name] = report(results, splits)
+    service.engine.reader = learned
     if as_json:
         print(json.dumps(summary, ensure_ascii=False))
     else:
@@ -161,6 +178,8 @@ def main(settings: Settings, file: Path | None, split: str, as_json: bool, failu
     if failures:
         for r in results:
             bad = []
+            if r.item.get("kind") and r.intent != r.item["kind"]:
+                bad.append(f"intent {r.intent} != {r.item['kind']}")
             if r.verdict_ok is False:
                 bad.append(f"verdict {r.verdict} != {r.item.get('expected_verdict')}")
             if r.section_hit is False:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 VERDICTS = ("llm", "fine_tuned", "neither", "depends")
+PROVENANCES = ("survey", "flow")  # the survey evaluated the task / only Figure 2's conditions give its verdict
 
 
 class KnowledgeError(ValueError):
@@ -47,6 +48,11 @@ class Task:
     sections: tuple[str, ...]
     conditions: dict[str, bool]
     generic: bool = False  # a task family (e.g. "text classification"): sets conditions, never overrides the flow
+    provenance: str = "survey"  # "survey": the survey evaluated the task; "flow": the verdict follows from Figure 2 only
+    # Condition ids whose situation the finding was measured in: when the walk is decided by one of them and its
+    # outcome differs from `verdict`, the finding is evidence about that very situation (→ "depends"); otherwise
+    # the finding is only a caveat.
+    finding_covers: tuple[str, ...] = ()
 
     @property
     def all_names(self) -> tuple[str, ...]:
@@ -158,6 +164,15 @@ def load_flow(path: Path) -> DecisionFlow:
         unknown = set(conds) - cond_ids
         if unknown:
             raise KnowledgeError(f"{path}: {where}.conditions names unknown condition(s) {sorted(unknown)}")
+        provenance = str(t.get("provenance", "survey"))
+        if provenance not in PROVENANCES:
+            raise KnowledgeError(f"{path}: {where}.provenance '{provenance}' is not one of {list(PROVENANCES)}")
+        covers = t.get("finding_covers", [])
+        if not isinstance(covers, list) or not all(isinstance(x, str) for x in covers):
+            raise KnowledgeError(f"{path}: {where}.finding_covers must be a list of condition ids")
+        unknown = set(covers) - cond_ids
+        if unknown:
+            raise KnowledgeError(f"{path}: {where}.finding_covers names unknown condition(s) {sorted(unknown)}")
         tasks.append(
             Task(
                 id=str(_need(t, "id", where, path)),
@@ -170,6 +185,8 @@ def load_flow(path: Path) -> DecisionFlow:
                 sections=tuple(str(s) for s in _need(t, "sections", where, path)),
                 conditions=conds,
                 generic=bool(t.get("generic", False)),
+                provenance=provenance,
+                finding_covers=tuple(covers),
             )
         )
     considerations = []

@@ -32,9 +32,10 @@ class Answer:
     task: str | None = None
     notice: str | None = None
     debug: dict = field(default_factory=dict)
+    reading: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        """The stable CLI/API contract (plus a few extra keys: deciding_step, task, notice)."""
+        """The stable CLI/API contract (plus extra keys: deciding_step, task, notice, reading)."""
         return {
             "question": self.question,
             "language": self.language,
@@ -46,6 +47,7 @@ class Answer:
             "deciding_step": self.deciding_step,
             "task": self.task,
             "notice": self.notice,
+            "reading": self.reading,
         }
 
 
@@ -58,6 +60,7 @@ class Gate:
     # below it need a task, a flow cue or a reference to the survey.
     accept: float = 0.865  # at or above: in scope
     with_match: float = 0.80  # at or above, with a catalog task or a flow/consideration cue in the question
+    offtopic_p: float = 0.6  # the reader's off-topic probability at or above which a question is refused
 
 
 class AnswerService:
@@ -75,6 +78,10 @@ class AnswerService:
         self.flow = load_flow(settings.corpus_dir / "decision_flow.toml")
         self.sources = load_sources(settings.corpus_dir / "sources.toml")
         self.engine = DecisionEngine(self.flow, self.embedder.encode_queries, self.embedder.encode_documents)
+        if settings.reader == "learned":
+            from bot.reader import ensure_reader
+
+            self.engine.reader = ensure_reader(settings, self.embedder, self.flow, progress=True)
         self.gate = gate or Gate()
 
     @property
@@ -108,19 +115,28 @@ class AnswerService:
             return self._finish(Answer(raw, lang, None, True, T[lang]["empty"], [], [], notice=notice), started)
         lowered = text.lower()
         vector = self.retriever.embed_query(text)
-        decision = self.engine.decide(lowered, vector, follow_up=follow_up)
+        own_vector = self.retriever.embed_query(normalize_question(raw)) if follow_up else None
+        decision = self.engine.decide(lowered, vector, follow_up=follow_up, follow_up_vector=own_vector)
+        reading = decision.reading
         extra = [name for t in ([decision.task] if decision.task else []) for name in t.all_names[:6]]
         hits = self.retriever.search(text, k=8, extra_terms=tokenize(" ".join(extra)), vector=vector)
         top_dense = max((h.dense for h in hits), default=0.0)
-        matched = (
-            (decision.task is not None and decision.task_score >= 1.0) or decision.cue_hit or asks_about_survey(lowered)
+        matched = reading.intent != "offtopic" and (
+            reading.task_named or decision.cue_hit or asks_about_survey(lowered)
         )
-        in_scope = bool(hits) and (top_dense >= self.gate.accept or (top_dense >= self.gate.with_match and matched))
+        read_offtopic = reading.intent == "offtopic" and reading.intent_p >= self.gate.offtopic_p
+        in_scope = (
+            bool(hits)
+            and not read_offtopic
+            and (top_dense >= self.gate.accept or (top_dense >= self.gate.with_match and matched))
+        )
         debug = {
             "top_dense": round(top_dense, 4),
             "task": decision.task.id if decision.task else None,
             "task_score": round(decision.task_score, 3),
             "is_decision": decision.is_decision,
+            "intent": f"{reading.intent}:{reading.intent_p:.2f}",
+            "reader": reading.reader,
             "cue_hit": decision.cue_hit,
         }
         if not in_scope:
@@ -151,6 +167,7 @@ class AnswerService:
                 task=decision.task.id if decision.task else None,
                 notice=notice,
                 debug=debug,
+                reading=self._reading_json(decision),
             )
         else:
             referenced = [
@@ -200,6 +217,23 @@ class AnswerService:
             {"step": s.condition.step, "condition": s.condition.name[lang], "holds": s.holds, "id": s.condition.id}
             for s in decision.path
         ]
+
+    @staticmethod
+    def _reading_json(decision: Decision) -> list[dict]:
+        """How the question was read, per condition: value, the reader's probability and the words it came from."""
+        out = []
+        for cid, state in decision.states.items():
+            value = "unstated" if state.holds is None else ("yes" if state.holds else "no")
+            out.append(
+                {
+                    "id": cid,
+                    "value": value,
+                    "p": None if state.p is None else round(state.p, 3),
+                    "evidence": state.evidence,
+                    "source": state.why or "unstated",
+                }
+            )
+        return out
 
     @staticmethod
     def _finish(answer: Answer, started: float) -> Answer:

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
 
     # --- answering ---
     top_k: int = Field(default=6, ge=1, le=50)
+    reader: Literal["learned", "rules"] = Field(
+        default="learned", description="How questions are read: the model trained on corpus/reader/, or cue rules."
+    )
     generator: Literal["none", "openai", "ollama", "llamacpp"] = "none"
     llm_base_url: str | None = None
     llm_model: str | None = None

@@ -1,0 +1,157 @@
+"""The learned reader (real e5 model, real reading data): training, retraining on changed data, unseen
+paraphrases of each Figure 2 condition, the `reading` field of the answer, follow-ups that add a fact."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bot.knowledge import load_flow
+from bot.reader import LearnedReader, data_hash, ensure_reader, model_path
+from bot.text import normalize_question
+
+REPO_CORPUS = Path(__file__).resolve().parents[1] / "corpus"
+
+# Written for this test only: in neither the reading data nor any eval set. Each states one condition (yes) in
+# words the flow's cue lists do not contain.
+PARAPHRASES = {
+    "mimic_human": [
+        "Visitors to our museum app should be able to chat back and forth with a guide persona about the exhibits.",
+        "高齢者の話し相手になって、毎日その日の出来事を聞いてあげるアプリを作りたい。",
+        "The thing has to keep up a friendly back-and-forth with shoppers, remembering what they said two messages ago.",
+    ],
+    "needs_scaling": [
+        "It has to work out multi-step physics homework answers, carrying intermediate results from line to line.",
+        "パズルゲームのヒント機能で、何手も先まで論理的に考えて解き方を導く必要があります。",
+        "Students paste olympiad-style puzzles and expect the tool to reason its way to a justified answer.",
+    ],
+    "multi_task": [
+        "Right now five separate little models do tagging, routing, redaction, scoring and summarising; we want one.",
+        "翻訳、要約、分類、返信文の作成を、一つの仕組みで全部まかないたいと考えています。",
+        "One service must handle whatever the analysts throw at it: sometimes extraction, sometimes rewriting, sometimes Q&A.",
+    ],
+    "far_from_lm": [
+        "From sensor readings and the maintenance log we want to output the expected hours until the pump fails.",
+        "過去の気温と来店数から、明日の来店人数を数字で見積もりたい。",
+        "The model gets photos of damaged car bumpers and has to output a repair cost estimate in euros.",
+    ],
+    "few_labels": [
+        "Honestly we have maybe twenty tagged tickets and nobody has time to tag more.",
+        "正解付きのデータは、手作業で作った30件ほどしかありません。",
+        "There is no annotated set at all yet; we'd be starting from scratch.",
+    ],
+    "ood_data": [
+        "Next quarter the system goes live in three new countries whose customers phrase things nothing like ours.",
+        "去年のデータで作ったけど、今年から取引先が変わって文面の癖がまるで違う。",
+        "Spammers keep tweaking their wording on purpose so that the filter no longer recognises it.",
+    ],
+    "creative_generation": [
+        "It should come up with fresh bedtime tales for kids, a different plot every night.",
+        "商品ごとに魅力が伝わる紹介文を、毎回違う言い回しで書き起こしてほしい。",
+        "We need it to produce whole Python modules from a short spec written by a product manager.",
+    ],
+    "context_sufficient": [
+        "Every answer is somewhere in the contract text we hand over together with the question.",
+        "質問と一緒に該当する規程の全文を渡すので、答えは必ずその中に書いてあります。",
+        "We always paste the relevant manual page into the request, so nothing outside it is needed.",
+    ],
+    "knowledge_conflicts": [
+        "In our board game's universe, water flows uphill and the sun rises in the west; answers must follow that.",
+        "社内では「緑」を停止、「赤」を進行の意味で使うので、その前提で答えてもらう必要がある。",
+        "The quiz is set in an invented kingdom where 2 + 2 is defined to be 5, and the bot must stick to that.",
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def reader(bot_service) -> LearnedReader:
+    assert bot_service.engine.reader.name == "learned"
+    return bot_service.engine.reader
+
+
+def read(service, question: str):
+    text = normalize_question(question)
+    return service.engine.reader.read(text.lower(), service.retriever.embed_query(text))
+
+
+def test_unseen_paraphrases_of_each_condition_are_read(bot_service, reader) -> None:
+    misses = []
+    total = 0
+    for cid, questions in PARAPHRASES.items():
+        right = 0
+        for question in questions:
+            state = read(bot_service, question).states[cid]
+            total += 1
+            if state.holds is True:
+                right += 1
+                assert state.evidence, (cid, question)
+            else:
+                misses.append((cid, question))
+        assert right >= 2, (cid, misses)  # at least two of the three wordings of every condition
+    assert len(misses) <= total * 0.15, misses
+
+
+def test_reading_field_explains_each_condition(bot_service) -> None:
+    answer = bot_service.ask(
+        "We have about 40 labelled support emails and want them sorted into six queues overnight. Which model?"
+    )
+    ids = [r["id"] for r in answer.reading]
+    assert ids == [c.id for c in bot_service.flow.conditions]
+    few = next(r for r in answer.reading if r["id"] == "few_labels")
+    assert few["value"] == "yes" and few["p"] == 1.0 and few["evidence"] == "40"
+    assert all(r["value"] in ("yes", "no", "unstated") for r in answer.reading)
+    assert answer.to_json()["reading"] == answer.reading
+    assert answer.verdict == "llm"
+
+
+def test_a_follow_up_that_adds_a_fact_flips_the_verdict(bot_service) -> None:
+    first = "We classify product reviews as positive or negative and have 80,000 labelled reviews. LLM or fine-tune?"
+    answer = bot_service.ask(first)
+    assert answer.verdict == "fine_tuned"
+    history = [{"role": "user", "content": first}, {"role": "assistant", "content": answer.answer}]
+    follow = bot_service.ask("Sorry, I misread: we only have 25 labelled reviews.", history=history)
+    assert follow.verdict == "llm"
+    few = next(r for r in follow.reading if r["id"] == "few_labels")
+    assert few["value"] == "yes"
+
+
+def test_offtopic_near_miss_is_refused(bot_service) -> None:
+    answer = bot_service.ask("How do I fine-tune the action on my acoustic guitar so the strings don't buzz?")
+    assert answer.abstained and answer.verdict is None
+
+
+def test_retrains_only_when_the_reading_data_changes(tmp_path: Path, make_settings, embedder) -> None:
+    corpus = tmp_path / "corpus"
+    shutil.copytree(REPO_CORPUS, corpus, ignore=shutil.ignore_patterns("cards"))
+    settings = make_settings(corpus_dir=corpus)
+    flow = load_flow(corpus / "decision_flow.toml")
+    first = ensure_reader(settings, embedder, flow)
+    path = model_path(settings)
+    stamp = path.stat().st_mtime_ns
+    again = ensure_reader(settings, embedder, flow)
+    assert path.stat().st_mtime_ns == stamp and again.fingerprint == first.fingerprint  # loaded, not retrained
+    extra = corpus / "reader" / "questions_zz_user.jsonl"
+    extra.write_text(
+        '{"id": "zz-1", "scenario": "zz", "lang": "en", "question": "Our bonsai club wants a quiz bot.", '
+        '"intent": "decision", "conditions": {"mimic_human": "yes"}, "evidence": {"mimic_human": "quiz bot"}, '
+        '"tasks": [], "considerations": [], "verdict": "llm", "label_count": null}\n',
+        encoding="utf-8",
+    )
+    assert data_hash(corpus) != first.fingerprint
+    retrained = ensure_reader(settings, embedder, flow)
+    assert retrained.fingerprint == data_hash(corpus) and path.stat().st_mtime_ns != stamp
+
+
+def test_a_damaged_model_file_is_retrained(tmp_path: Path, make_settings, embedder) -> None:
+    corpus = tmp_path / "corpus"
+    shutil.copytree(REPO_CORPUS, corpus, ignore=shutil.ignore_patterns("cards"))
+    settings = make_settings(corpus_dir=corpus)
+    flow = load_flow(corpus / "decision_flow.toml")
+    path = model_path(settings)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a model")
+    reader = ensure_reader(settings, embedder, flow)
+    assert reader.fingerprint == data_hash(corpus)
+    assert LearnedReader.load(path, flow, reader.fingerprint) is not None

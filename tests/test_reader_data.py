@@ -1,0 +1,105 @@
+"""The labelled reading data (corpus/reader/): schema, evidence, coverage, and that every labelled question's
+conditions walk to its labelled verdict."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bot.engine import ConditionState, DecisionEngine
+from bot.knowledge import KnowledgeError, load_flow
+from bot.reader import Example, load_examples
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
+FLOW = load_flow(CORPUS / "decision_flow.toml")
+EXAMPLES = load_examples(CORPUS, FLOW)
+ENGINE = DecisionEngine(FLOW)
+
+
+def walk(example: Example) -> str:
+    """Figure 2's walk over the labelled conditions (unstated = no; a label on step 9/10 implies step 8)."""
+    states = {}
+    for cond in FLOW.conditions:
+        value = example.conditions.get(cond.id)
+        states[cond.id] = ConditionState(cond, None if value is None else value == "yes", "label")
+    for cond in FLOW.conditions:
+        if example.conditions.get(cond.id) is not None:
+            for implied in cond.implies:
+                if states[implied].holds is None:
+                    states[implied] = ConditionState(FLOW.condition(implied), True, "implied")
+    return ENGINE.walk(states)[0]
+
+
+def test_enough_questions_in_both_languages() -> None:
+    langs = Counter(e.lang for e in EXAMPLES)
+    assert len(EXAMPLES) >= 1500, len(EXAMPLES)
+    assert abs(langs["en"] - langs["ja"]) <= 0.1 * len(EXAMPLES), langs
+
+
+def test_every_decision_question_walks_to_its_verdict() -> None:
+    wrong = [
+        (e.id, e.verdict, walk(e))
+        for e in EXAMPLES
+        if e.intent == "decision" and e.verdict not in (None, "depends") and walk(e) != e.verdict
+    ]
+    assert not wrong, wrong[:20]
+
+
+def test_depends_has_a_reason_and_other_intents_have_no_verdict() -> None:
+    for e in EXAMPLES:
+        if e.intent != "decision":
+            assert e.verdict is None and not e.conditions, e.id
+        elif e.verdict == "depends":
+            assert e.depends_on in ("task_finding", "consideration", "unsettled"), e.id
+        else:
+            assert e.verdict in ("llm", "fine_tuned", "neither"), e.id
+
+
+def test_evidence_is_quoted_from_the_question() -> None:
+    bad = [(e.id, cid) for e in EXAMPLES for cid, phrase in e.evidence.items() if phrase not in e.question]
+    assert not bad, bad[:20]
+
+
+def test_every_condition_in_both_polarities_and_every_intent() -> None:
+    counts = Counter((cid, v) for e in EXAMPLES for cid, v in e.conditions.items())
+    for cond in FLOW.conditions:
+        assert counts[(cond.id, "yes")] >= 15, (cond.id, "yes", counts[(cond.id, "yes")])
+        assert counts[(cond.id, "no")] >= 5, (cond.id, "no", counts[(cond.id, "no")])
+    intents = Counter(e.intent for e in EXAMPLES)
+    assert intents["content"] >= 100 and intents["offtopic"] >= 100, intents
+
+
+def test_most_catalog_tasks_are_labelled() -> None:
+    labelled = {t for e in EXAMPLES for t in e.tasks}
+    missing = [t.id for t in FLOW.tasks if t.id not in labelled]
+    assert len(missing) <= len(FLOW.tasks) // 5, missing
+
+
+def test_paraphrases_of_one_scenario_share_it_across_languages() -> None:
+    by_scenario: dict[str, set[str]] = {}
+    for e in EXAMPLES:
+        by_scenario.setdefault(e.scenario, set()).add(e.lang)
+    bilingual = sum(1 for langs in by_scenario.values() if langs == {"en", "ja"})
+    assert bilingual >= len(by_scenario) // 3, (bilingual, len(by_scenario))
+
+
+def test_reading_data_is_not_taken_from_the_eval_sets() -> None:
+    asked = {e.text.lower() for e in EXAMPLES}
+    for path in CORPUS.glob("*.jsonl"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                question = " ".join(json.loads(line)["question"].split()).lower()
+                assert question not in asked, (path.name, question)
+
+
+def test_bad_line_names_file_line_and_field(tmp_path: Path) -> None:
+    (tmp_path / "reader").mkdir()
+    good = {"id": "x1", "scenario": "s1", "lang": "en", "question": "q", "intent": "decision", "conditions": {}}
+    bad = dict(good, id="x2", conditions={"few_labels": "maybe"})
+    lines = [json.dumps(good), json.dumps(bad)]
+    (tmp_path / "reader" / "questions_t.jsonl").write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(KnowledgeError, match=r"questions_t\.jsonl:2: field 'conditions'"):
+        load_examples(tmp_path, FLOW)
