@@ -48,7 +48,7 @@ class Task:
     sections: tuple[str, ...]
     conditions: dict[str, bool]
     generic: bool = False  # a task family (e.g. "text classification"): sets conditions, never overrides the flow
-    provenance: str = "survey"  # "survey": the survey evaluated the task; "flow": the verdict follows from Figure 2 only
+    provenance: str = "survey"  # "survey": the survey evaluated it; "flow": the verdict follows from Figure 2 alone
     # Condition ids whose situation the finding was measured in: when the walk is decided by one of them and its
     # outcome differs from `verdict`, the finding is evidence about that very situation (→ "depends"); otherwise
     # the finding is only a caveat.

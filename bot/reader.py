@@ -48,6 +48,7 @@ class ReaderConfig:
     task_min_p: float = 0.35  # below: no task is taken
     consideration_min_p: float = 0.5
     min_positives: int = 4  # a consideration with fewer labelled examples falls back to its cue phrases
+    balanced_conditions: bool = False  # class-balanced weights over-read rare values (yes/no) as present
 
 
 @dataclass
@@ -213,10 +214,10 @@ class Featurizer:
         return sparse.hstack([self.lexical(texts), dense], format="csr")
 
 
-def _fit_lr(x, y, c: float, seed: int = 0):
+def _fit_lr(x, y, c: float, balanced: bool = False):
     from sklearn.linear_model import LogisticRegression
 
-    model = LogisticRegression(C=c, max_iter=3000, class_weight="balanced", random_state=seed)
+    model = LogisticRegression(C=c, max_iter=3000, class_weight="balanced" if balanced else None, random_state=0)
     return model.fit(x, y)
 
 
@@ -264,7 +265,9 @@ class LearnedReader:
         decision_rows = [i for i, e in enumerate(examples) if e.intent == "decision"]
         for cond in flow.conditions:
             y = [e.conditions.get(cond.id, "unstated") for e in examples]
-            models[f"cond:{cond.id}"] = _fit_lr(x, y, config.c_condition) if len(set(y)) > 1 else None
+            models[f"cond:{cond.id}"] = (
+                _fit_lr(x, y, config.c_condition, config.balanced_conditions) if len(set(y)) > 1 else None
+            )
         task_y = [examples[i].tasks[0] if examples[i].tasks else NO_TASK for i in decision_rows]
         models["task"] = _fit_lr(x[decision_rows], task_y, config.c_task) if len(set(task_y)) > 1 else None
         for cons in flow.considerations:
