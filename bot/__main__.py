@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--split", default="all", help="all, or one split name in the file (dev, heldout, ...)")
     ev.add_argument("--failures", action="store_true", help="list the failed questions (of the last reader run)")
     ev.add_argument("--reader", choices=["both", "rules", "learned"], default="both")
+    conv = sub.add_parser("converse", help="answer conversations: JSONL lines {conversation, question} in turn order")
+    conv.add_argument("file", type=Path)
+    conv.add_argument("--json", action="store_true", help="one JSON object per turn (the ask --json contract)")
     serve = sub.add_parser("serve", help="start the Gradio UI")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
@@ -72,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     print(answer.answer, end="\n\n", flush=True)
             return 0
+        if args.command == "converse":
+            from bot.evaluate import converse
+
+            return converse(_service(settings), args.file, args.json)
         if args.command == "eval":
             from bot.evaluate import main as eval_main
 

@@ -193,3 +193,49 @@ def main(
                     f"FAIL {r.item.get('id')}: {'; '.join(bad)} :: {r.item['question'][:90]} {r.debug}", file=sys.stderr
                 )
     return 0
+
+
+def answer_conversations(service: AnswerService, turns: list[dict]) -> list:
+    """Answers for JSONL turns {"conversation", "question"} in order; each conversation keeps its own history."""
+    histories: dict[str, list[dict]] = {}
+    answers = []
+    for turn in turns:
+        history = histories.setdefault(str(turn.get("conversation", "")), [])
+        answer = service.ask(turn["question"], history=list(history))
+        history += [{"role": "user", "content": turn["question"]}, {"role": "assistant", "content": answer.answer}]
+        answers.append(answer)
+    return answers
+
+
+def converse(service: AnswerService, path: Path, as_json: bool) -> int:
+    """``python -m bot converse [--json] FILE``: one answer per turn; with labels (``kind``, ``expected_verdict``,
+    ``follow_up``) in the file, a score line on stderr."""
+    try:
+        turns = load_items(path)
+    except (OSError, ValueError) as exc:
+        print(f"converse: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    answers = answer_conversations(service, turns)
+    right, labelled, follow_right, offtopic, lang_ok = 0, 0, 0, [], 0
+    for turn, answer in zip(turns, answers, strict=True):
+        if as_json:
+            print(json.dumps({**answer.to_json(), "conversation": turn.get("conversation")}, ensure_ascii=False))
+        else:
+            print(f"[{turn.get('conversation')}] {answer.answer}\n")
+        if "kind" in turn:
+            labelled += 1
+            got = "offtopic" if answer.abstained else ("decision" if answer.verdict else "content")
+            ok = got == turn["kind"] and (turn["kind"] != "decision" or answer.verdict == turn.get("expected_verdict"))
+            right += ok
+            follow_right += answer.follow_up == bool(turn.get("follow_up"))
+            lang_ok += answer.language == turn.get("lang", answer.language)
+            if turn["kind"] == "offtopic":
+                offtopic.append(answer.abstained)
+    if labelled:
+        print(
+            f"converse: {right}/{labelled} turns right ({right / labelled:.1%}); follow-up read right "
+            f"{follow_right}/{labelled}; off-topic refused {sum(offtopic)}/{len(offtopic)}; "
+            f"language match {lang_ok}/{labelled}",
+            file=sys.stderr,
+        )
+    return 0

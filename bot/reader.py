@@ -21,7 +21,16 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
-from bot.engine import ConditionState, Reading, RuleReader, _longest, label_count, numeric_state, stem_text
+from bot.engine import (
+    ConditionState,
+    Reading,
+    RuleReader,
+    _longest,
+    any_phrase,
+    label_count,
+    numeric_state,
+    stem_text,
+)
 from bot.knowledge import DecisionFlow, KnowledgeError
 from bot.lexicon import Lexicon, load_lexicon
 from bot.text import normalize_question
@@ -180,14 +189,14 @@ class Featurizer:
         stemmed = stem_text(text)
         row: list[float] = []
         for cond in self.flow.conditions:
-            row.append(float(_longest(text, cond.cues_yes, stemmed) is not None))
-            row.append(float(_longest(text, cond.cues_no, stemmed) is not None))
+            row.append(float(any_phrase(text, cond.cues_yes, stemmed)))
+            row.append(float(any_phrase(text, cond.cues_no, stemmed)))
         plain = re.sub(r"[,、]", "", text)
         row.append(float(any(c in plain for c in self.lexicon.decision_cues)))
         row.append(float(any(c in text for c in self.lexicon.content_cues)))
         row.append(float(any(c in text for c in self.lexicon.survey_words)))
         for task in self.flow.tasks:
-            row.append(float(_longest(text, task.all_names, stemmed) is not None))
+            row.append(float(any_phrase(text, task.all_names, stemmed)))
         count = label_count(text, self.lexicon)
         row += [
             float(count is None),
@@ -196,7 +205,7 @@ class Featurizer:
             float(count is not None and count >= 1000),
         ]
         for cons in self.flow.considerations:
-            row.append(float(_longest(text, cons.cues, stemmed) is not None))
+            row.append(float(any_phrase(text, cons.cues, stemmed)))
         return np.asarray(row, dtype=np.float32) * self.config.cue_weight
 
     def fit(self, texts: Sequence[str]) -> Featurizer:
@@ -217,7 +226,9 @@ class Featurizer:
 def _fit_lr(x, y, c: float, balanced: bool = False):
     from sklearn.linear_model import LogisticRegression
 
-    model = LogisticRegression(C=c, max_iter=3000, class_weight="balanced" if balanced else None, random_state=0)
+    model = LogisticRegression(
+        C=c, solver="newton-cg", max_iter=500, class_weight="balanced" if balanced else None, random_state=0
+    )
     return model.fit(x, y)
 
 
@@ -244,6 +255,24 @@ class LearnedReader:
         self.fingerprint = fingerprint
         self._tasks = {t.id: t for t in flow.tasks}
         self._cons = {c.id: c for c in flow.considerations}
+        # sklearn's predict_proba validates its input on every call (~2 ms each, 18 models): keep the weights.
+        self._linear = {
+            key: (m.coef_.T.astype(np.float32), m.intercept_.astype(np.float32), [str(c) for c in m.classes_])
+            for key, m in models.items()
+            if m is not None
+        }
+
+    def proba(self, key: str, x) -> tuple[np.ndarray, list[str]] | None:
+        """Class probabilities of one model for one feature row (same as predict_proba), or None."""
+        if key not in self._linear:
+            return None
+        coef, intercept, classes = self._linear[key]
+        scores = np.asarray(x @ coef).ravel() + intercept
+        if len(classes) == 2:
+            p = 1.0 / (1.0 + np.exp(-scores[0]))
+            return np.array([1.0 - p, p]), classes
+        scores = np.exp(scores - scores.max())
+        return scores / scores.sum(), classes
 
     # -------------------------------------------------------------- training
     @classmethod
@@ -296,8 +325,7 @@ class LearnedReader:
         """``text``: the normalised, lower-cased question (an earlier question joined with a ``follow_up``: what
         the follow-up itself states overrides the earlier facts)."""
         x = self.features(text, vector)
-        intent_model = self.models["intent"]
-        probs = intent_model.predict_proba(x)[0]
+        probs, intents = self.proba("intent", x)
         best = int(np.argmax(probs))
         count = label_count(text, self.lexicon)
         states = self._states(text, x, count)
@@ -309,7 +337,7 @@ class LearnedReader:
         task, task_p = self._task(x)
         considerations = [self._cons[cid] for cid in self._cons if self._consideration(cid, text, x)]
         return Reading(
-            intent=str(intent_model.classes_[best]),
+            intent=intents[best],
             intent_p=float(probs[best]),
             states=states,
             label_count=count,
@@ -323,17 +351,16 @@ class LearnedReader:
     def _states(self, text: str, x, count: int | None) -> dict[str, ConditionState]:
         states: dict[str, ConditionState] = {}
         for cond in self.flow.conditions:
-            model = self.models.get(f"cond:{cond.id}")
+            found = self.proba(f"cond:{cond.id}", x)
             state = ConditionState(cond, None, "", "", None)
-            if model is not None:
-                probs = model.predict_proba(x)[0]
+            if found is not None:
+                probs, classes = found
                 k = int(np.argmax(probs))
-                value = str(model.classes_[k])
+                value = classes[k]
                 if value != "unstated":
                     holds = value == "yes"
-                    state = ConditionState(
-                        cond, holds, "learned", self.evidence(text, cond, holds, model, k), float(probs[k])
-                    )
+                    evidence = self.evidence(text, cond, holds, self.models[f"cond:{cond.id}"], k)
+                    state = ConditionState(cond, holds, "learned", evidence, float(probs[k]))
                 else:
                     state = ConditionState(cond, None, "", "", float(probs[k]))
             if cond.numeric and count is not None:
@@ -342,21 +369,22 @@ class LearnedReader:
         return states
 
     def _task(self, x):
-        model = self.models.get("task")
-        if model is None:
+        found = self.proba("task", x)
+        if found is None:
             return None, 0.0
-        probs = model.predict_proba(x)[0]
+        probs, classes = found
         k = int(np.argmax(probs))
-        label = str(model.classes_[k])
+        label = classes[k]
         if label == NO_TASK or probs[k] < self.config.task_min_p:
             return None, float(probs[k]) if label != NO_TASK else 0.0
         return self._tasks.get(label), float(probs[k])
 
     def _consideration(self, cid: str, text: str, x) -> bool:
-        model = self.models.get(f"cons:{cid}")
-        if model is None:  # too few labelled examples: its cue phrases decide
-            return _longest(text, self._cons[cid].cues) is not None
-        return bool(model.predict_proba(x)[0][list(model.classes_).index(True)] >= self.config.consideration_min_p)
+        found = self.proba(f"cons:{cid}", x)
+        if found is None:  # too few labelled examples: its cue phrases decide
+            return any_phrase(text, self._cons[cid].cues)
+        probs, classes = found
+        return bool(probs[classes.index("True")] >= self.config.consideration_min_p)
 
     def evidence(self, text: str, cond, holds: bool, model, k: int) -> str:
         """The words the reading came from: a cue phrase of that polarity, else the sentence whose lexical
@@ -367,10 +395,10 @@ class LearnedReader:
         parts = [p.strip() for p in _SENTENCE.split(text) if p and p.strip()]
         if len(parts) <= 1:
             return text.strip()[:160]
-        n_lex = self.featurizer.n_lexical
+        n_grams = len(self.featurizer.ngrams.vocabulary_)
         coef = model.coef_
         weights = coef[k] if coef.shape[0] > 1 else (coef[0] if k == 1 else -coef[0])
-        scores = self.featurizer.lexical(parts) @ weights[:n_lex]
+        scores = self.featurizer.ngrams.transform(parts) @ weights[:n_grams]
         return parts[int(np.argmax(scores))][:160]
 
     # -------------------------------------------------------------- persistence

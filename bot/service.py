@@ -16,6 +16,7 @@ from ingest.embeddings import Embedder, load_embedder
 from ingest.store import ChunkStore
 
 _CITE = re.compile(r"\[(\d+)\]")
+TURNS_READY = False
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Answer:
     notice: str | None = None
     debug: dict = field(default_factory=dict)
     reading: list[dict] = field(default_factory=list)
+    follow_up: bool = False  # read together with the previous turn
 
     def to_json(self) -> dict:
         """The stable CLI/API contract (plus extra keys: deciding_step, task, notice, reading)."""
@@ -48,6 +50,7 @@ class Answer:
             "task": self.task,
             "notice": self.notice,
             "reading": self.reading,
+            "follow_up": self.follow_up,
         }
 
 
@@ -83,16 +86,28 @@ class AnswerService:
 
             self.engine.reader = ensure_reader(settings, self.embedder, self.flow, progress=True)
         self.gate = gate or Gate()
+        self.turns = None
+        if settings.reader == "learned" and TURNS_READY:
+            from bot.turns import ensure_turn_reader
+
+            self.turns = ensure_turn_reader(settings, self.embedder)
 
     @property
     def chunk_count(self) -> int:
         return len(self.retriever.chunks)
 
     def condense(self, question: str, history: list | None) -> str:
-        """Without an LLM: a short follow-up that names no task of its own ("what if I only had 10 labels?") is read
-        together with the previous question; anything else stands alone."""
+        """Without an LLM: a turn that depends on the previous one (an ellipsis, "why?", a correction; decided by
+        the learned turn reader) is read together with the previous question; anything else stands alone."""
         previous = previous_user_message(history)
-        if not previous or len(question) > 160:
+        if not previous:
+            return question
+        if self.turns is not None:
+            prev_text, text = normalize_question(previous), normalize_question(question)
+            vectors = self.embedder.encode_queries([prev_text, text])
+            follow, _ = self.turns.follow_up(prev_text, text, vectors[0], vectors[1])
+            return f"{previous} {question}" if follow else question
+        if len(question) > 160:
             return question
         own = self.engine.decide(normalize_question(question).lower())
         if own.task is not None and own.task_score >= 1.0:
@@ -106,13 +121,16 @@ class AnswerService:
         raw = question if isinstance(question, str) else str(question)
         text = normalize_question(self.condense(raw, history) if history else raw)
         follow_up = normalize_question(raw).lower() if text != normalize_question(raw) else None
+        lang_override = detect_language(normalize_question(raw)) if follow_up else None
         notice = None
         if len(text) > self.settings.max_question_chars:
             text = text[: self.settings.max_question_chars]
             notice = "truncated"
-        lang = detect_language(text)
+        lang = lang_override or detect_language(text)  # each turn answers in its own language
         if not re.search(r"\w", text):
-            return self._finish(Answer(raw, lang, None, True, T[lang]["empty"], [], [], notice=notice), started)
+            return self._finish(
+                Answer(raw, lang, None, True, T[lang]["empty"], [], [], notice=notice), started, follow_up is not None
+            )
         lowered = text.lower()
         vector = self.retriever.embed_query(text)
         own_vector = self.retriever.embed_query(normalize_question(raw)) if follow_up else None
@@ -141,7 +159,9 @@ class AnswerService:
         }
         if not in_scope:
             return self._finish(
-                Answer(raw, lang, None, True, T[lang]["abstain"], [], [], notice=notice, debug=debug), started
+                Answer(raw, lang, None, True, T[lang]["abstain"], [], [], notice=notice, debug=debug),
+                started,
+                follow_up is not None,
             )
         cites = Citations(self.sources)
         if decision.is_decision and decision.verdict:
@@ -180,7 +200,7 @@ class AnswerService:
             answer = Answer(raw, lang, None, False, "", [], [], notice=notice, debug=debug)
         answer.answer = with_sources(body, lang, cites)
         answer.citations = [c.to_json() for c in cites.items]
-        return self._finish(answer, started)
+        return self._finish(answer, started, follow_up is not None)
 
     @staticmethod
     def _content_chunks(hits, lang: str, limit: int = 3, first=()):
@@ -235,8 +255,8 @@ class AnswerService:
             )
         return out
 
-    @staticmethod
-    def _finish(answer: Answer, started: float) -> Answer:
+    def _finish(self, answer: Answer, started: float, follow_up: bool = False) -> Answer:
+        answer.follow_up = follow_up
         answer.seconds = round(time.perf_counter() - started, 4)
         return answer
 
