@@ -91,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train-reader":
             from bot.reader import main as train_main
 
-            return train_main(settings, cv=args.cv, folds=args.folds, as_json=args.json)
+            code = train_main(settings, cv=args.cv, folds=args.folds, as_json=args.json)
+            if args.cv:
+                from bot.turns import main as turns_main
+
+                code = code or turns_main(settings, as_json=args.json, folds=args.folds)
+            return code
         if args.command == "bench":
             from bot.bench import main as bench_main
 

@@ -57,7 +57,7 @@ class ReaderConfig:
     task_min_p: float = 0.35  # below: no task is taken
     consideration_min_p: float = 0.5
     min_positives: int = 4  # a consideration with fewer labelled examples falls back to its cue phrases
-    balanced_conditions: bool = False  # class-balanced weights over-read rare values (yes/no) as present
+    balanced_conditions: bool = True  # 5-fold CV by scenario: verdict 80.0 % balanced vs 67.7 % unweighted
 
 
 @dataclass
@@ -142,8 +142,9 @@ def load_examples(corpus_dir: Path, flow: DecisionFlow) -> list[Example]:
 
 
 def data_hash(corpus_dir: Path, lexicon_path: Path | None = None) -> str:
-    """Changes whenever the reading data, the flow/catalog, the lexicon or the reader's code version change."""
-    digest = hashlib.sha256(f"reader-v{READER_VERSION}".encode())
+    """Changes whenever the reading data, the flow/catalog, the lexicon, the reader's knobs or its code version
+    change."""
+    digest = hashlib.sha256(f"reader-v{READER_VERSION} {ReaderConfig()!r}".encode())
     paths = [*reading_files(corpus_dir), corpus_dir / "decision_flow.toml", lexicon_path or load_lexicon_path()]
     for path in paths:
         digest.update(path.name.encode())

@@ -16,7 +16,6 @@ from ingest.embeddings import Embedder, load_embedder
 from ingest.store import ChunkStore
 
 _CITE = re.compile(r"\[(\d+)\]")
-TURNS_READY = False
 
 
 @dataclass
@@ -87,7 +86,7 @@ class AnswerService:
             self.engine.reader = ensure_reader(settings, self.embedder, self.flow, progress=True)
         self.gate = gate or Gate()
         self.turns = None
-        if settings.reader == "learned" and TURNS_READY:
+        if settings.reader == "learned":
             from bot.turns import ensure_turn_reader
 
             self.turns = ensure_turn_reader(settings, self.embedder)

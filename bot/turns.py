@@ -232,8 +232,11 @@ class TurnFeaturizer:
             mean, std = self.scale["length"]
             cols.append((self._log_lengths(questions) - mean) / std)
         if cfg.language_switch:
-            cols.append(np.array([detect_language(p) != detect_language(q) for p, q in zip(previous, questions,
-                                                                                            strict=True)], float))
+            cols.append(
+                np.array(
+                    [detect_language(p) != detect_language(q) for p, q in zip(previous, questions, strict=True)], float
+                )
+            )
         if cfg.cues:
             cols.extend(np.array([self.cues(q) for q in questions], dtype=np.float64).T)
         if not cols:

@@ -20,7 +20,8 @@ PARAPHRASES = {
     "mimic_human": [
         "Visitors to our museum app should be able to chat back and forth with a guide persona about the exhibits.",
         "高齢者の話し相手になって、毎日その日の出来事を聞いてあげるアプリを作りたい。",
-        "The thing has to keep up a friendly back-and-forth with shoppers, remembering what they said two messages ago.",
+        "The thing has to keep up a friendly back-and-forth with shoppers, "
+        "remembering what they said two messages ago.",
     ],
     "needs_scaling": [
         "It has to work out multi-step physics homework answers, carrying intermediate results from line to line.",
@@ -30,7 +31,8 @@ PARAPHRASES = {
     "multi_task": [
         "Right now five separate little models do tagging, routing, redaction, scoring and summarising; we want one.",
         "翻訳、要約、分類、返信文の作成を、一つの仕組みで全部まかないたいと考えています。",
-        "One service must handle whatever the analysts throw at it: sometimes extraction, sometimes rewriting, sometimes Q&A.",
+        "One service must handle whatever the analysts throw at it: "
+        "sometimes extraction, sometimes rewriting, sometimes Q&A.",
     ],
     "far_from_lm": [
         "From sensor readings and the maintenance log we want to output the expected hours until the pump fails.",
