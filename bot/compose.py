@@ -23,6 +23,9 @@ T = {
         "because_labels": " (about {evidence:,} labelled examples)",
         "because_task": " (typical of this task)",
         "because_implied": " (your answer to a later step presupposes it)",
+        "because_learned": " (read from “{evidence}”)",
+        "other_side": "On the other hand, your task looks like **{name}**, and the survey's finding for it, measured "
+        "in another setting, favours **{label}**: {finding}",
         "cond_next": "Step {step} of Figure 2, *{name}*: yes{because}, so the flow goes on to the next step.",
         "because_multi": " (you list {evidence} different tasks)",
         "common_nlu": "Step {step} of Figure 2, *{name}*: no. Common NLU/NLG tasks that are not knowledge-intensive "
@@ -59,6 +62,9 @@ T = {
         "because_labels": "（ラベル付きデータ約{evidence:,}件）",
         "because_task": "（このタスクの性質から）",
         "because_implied": "（後のステップへの答えがこれを前提とするため）",
+        "because_learned": "（「{evidence}」から読み取りました）",
+        "other_side": "一方で、ご質問のタスクは **{name}** にあたり、別の条件で測られたサーベイの結論は"
+        "「**{label}**」です: {finding}",
         "cond_next": "図2のステップ{step}「{name}」: はい{because}。フローは次のステップへ進みます。",
         "because_multi": "（{evidence}種類のタスクが挙がっているため）",
         "common_nlu": "図2のステップ{step}「{name}」: いいえ。知識集約型でない一般的なNLU/NLGタスクは、"
@@ -155,6 +161,8 @@ def _because(state: ConditionState, lang: str) -> str:
     t = T[lang]
     if state.why == "cue":
         return t["because_cue"].format(evidence=state.evidence)
+    if state.why == "learned" and state.evidence:
+        return t["because_learned"].format(evidence=state.evidence)
     if state.why == "labels":
         return t["because_labels"].format(evidence=int(state.evidence))
     if state.why == "multi":
@@ -190,6 +198,16 @@ def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence
         ]
     elif verdict == "depends":
         lines += [t["depends_intro"]]
+        if deciding is not None:
+            lines.append(
+                "- "
+                + t["side_flow"].format(
+                    step=deciding.condition.step, name=deciding.condition.name[lang], label=flow_label
+                )
+                + " "
+                + deciding.condition.description[lang]
+                + cites.cite(evidence(deciding.condition.sections))
+            )
         if task is not None and ("task" in decision.conflicts or decision.considerations):
             lines.append(
                 "- "
@@ -201,16 +219,6 @@ def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence
                 + task.finding[lang]
                 + cites.cite(evidence(task.sections))
             )
-        if deciding is not None:
-            lines.append(
-                "- "
-                + t["side_flow"].format(
-                    step=deciding.condition.step, name=deciding.condition.name[lang], label=flow_label
-                )
-                + " "
-                + deciding.condition.description[lang]
-                + cites.cite(evidence(deciding.condition.sections))
-            )
         for cons in decision.considerations:
             if cons.favours in flow.outcomes:
                 lines.append(
@@ -220,23 +228,6 @@ def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence
                 )
     else:
         lines.append(t["why"])
-        if task is not None:
-            name = task.names[lang][0] if task.names[lang] else task.id
-            lines.append(
-                "- " + t["task"].format(name=name, finding=task.finding[lang]) + cites.cite(evidence(task.sections))
-            )
-        for state in decision.path:
-            if state is deciding:
-                continue
-            if state.why in ("cue", "labels", "multi", "implied"):
-                template = t["cond_next"] if state.holds else t["cond_no"]
-                lines.append(
-                    "- "
-                    + template.format(
-                        step=state.condition.step, name=state.condition.name[lang], because=_because(state, lang)
-                    )
-                    + cites.cite(evidence(state.condition.sections))
-                )
         if deciding is not None:
             cond = deciding.condition
             if deciding.holds:
@@ -256,6 +247,27 @@ def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence
                     + cond.description[lang]
                 )
             lines.append("- " + text + cites.cite(evidence(cond.sections)))
+        for state in decision.path:
+            if state is deciding:
+                continue
+            if state.why in ("cue", "labels", "multi", "implied", "learned"):
+                template = t["cond_next"] if state.holds else t["cond_no"]
+                lines.append(
+                    "- "
+                    + template.format(
+                        step=state.condition.step, name=state.condition.name[lang], because=_because(state, lang)
+                    )
+                    + cites.cite(evidence(state.condition.sections))
+                )
+        if task is not None:
+            name = task.names[lang][0] if task.names[lang] else task.id
+            if task.verdict != verdict and not task.generic:  # a finding from another regime: the other side
+                line = t["other_side"].format(
+                    name=name, label=flow.outcomes[task.verdict].label[lang], finding=task.finding[lang]
+                )
+            else:
+                line = t["task"].format(name=name, finding=task.finding[lang])
+            lines.append("- " + line + cites.cite(evidence(task.sections)))
     lines += ["", t["path"] + cites.cite(evidence([flow.figure_section], exact=True))]
     for state in decision.path:
         lines.append(

@@ -57,6 +57,9 @@ class ReaderConfig:
     task_min_p: float = 0.35  # below: no task is taken
     consideration_min_p: float = 0.5
     min_positives: int = 4  # a consideration with fewer labelled examples falls back to its cue phrases
+    yes_min_p: float | None = None  # None: the likeliest value wins
+    neighbours: bool = True  # similarity to labelled questions/evidence spans per reading (see Neighbours)
+    neighbour_weight: float = 0.3
     balanced_conditions: bool = True  # 5-fold CV by scenario: verdict 80.0 % balanced vs 67.7 % unweighted
 
 
@@ -169,6 +172,8 @@ class Featurizer:
         self.lexicon = lexicon
         self.config = config
         self.rules = RuleReader(flow, lexicon)
+        self.neighbours: Neighbours | None = None
+        self.dimension = 0
         self.ngrams = TfidfVectorizer(
             analyzer="char_wb",
             ngram_range=config.ngram_range,
@@ -219,9 +224,16 @@ class Featurizer:
         cues = sparse.csr_matrix(np.vstack([self.cues(t) for t in lowered]))
         return sparse.hstack([grams, cues], format="csr")
 
-    def transform(self, texts: Sequence[str], vectors: np.ndarray) -> sparse.csr_matrix:
-        dense = sparse.csr_matrix(np.asarray(vectors, dtype=np.float32) * self.config.embedding_weight)
-        return sparse.hstack([self.lexical(texts), dense], format="csr")
+    def transform(
+        self, texts: Sequence[str], vectors: np.ndarray, groups: Sequence[str] | None = None
+    ) -> sparse.csr_matrix:
+        """``groups``: the training rows' scenarios (their own scenario is left out of the neighbour features)."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        blocks = [self.lexical(texts), sparse.csr_matrix(vectors * self.config.embedding_weight)]
+        if getattr(self, "neighbours", None) is not None:
+            near = self.neighbours.features(vectors, groups) * self.config.neighbour_weight
+            blocks.append(sparse.csr_matrix(near.astype(np.float32)))
+        return sparse.hstack(blocks, format="csr")
 
 
 def _fit_lr(x, y, c: float, balanced: bool = False):
@@ -231,6 +243,63 @@ def _fit_lr(x, y, c: float, balanced: bool = False):
         C=c, solver="newton-cg", max_iter=500, class_weight="balanced" if balanced else None, random_state=0
     )
     return model.fit(x, y)
+
+
+class Neighbours:
+    """How close a question is to the labelled ways of stating each reading: for every key ("cond:<id>=yes",
+    "intent=decision", "task=<id>") the highest and the mean of the three highest cosine similarities to labelled
+    questions and evidence spans with that key (a nearest-labelled-examples vote, as features). Examples of the
+    question's own scenario are left out when training rows are featurised, so the feature means the same thing at
+    training and at reading time."""
+
+    def __init__(self, keys: list[str], vectors: np.ndarray, key_index: np.ndarray, groups: np.ndarray) -> None:
+        self.keys = keys
+        self.vectors = vectors
+        self.columns = [np.flatnonzero(key_index == k) for k in range(len(keys))]
+        self.groups = groups
+        self.mean = np.zeros(2 * len(keys), dtype=np.float32)
+        self.std = np.ones(2 * len(keys), dtype=np.float32)
+
+    @classmethod
+    def build(cls, examples: Sequence[Example], vectors: np.ndarray, spans: dict[str, np.ndarray]) -> Neighbours:
+        keys: dict[str, int] = {}
+        rows: list[np.ndarray] = []
+        index: list[int] = []
+        groups: list[str] = []
+
+        def add(key: str, vector: np.ndarray, group: str) -> None:
+            rows.append(vector)
+            index.append(keys.setdefault(key, len(keys)))
+            groups.append(group)
+
+        for example, vector in zip(examples, vectors, strict=True):
+            add(f"intent={example.intent}", vector, example.scenario)
+            for task in example.tasks[:1]:
+                add(f"task={task}", vector, example.scenario)
+            for cid, value in example.conditions.items():
+                add(f"cond:{cid}={value}", vector, example.scenario)
+                phrase = example.evidence.get(cid)
+                if phrase and phrase in spans:
+                    add(f"cond:{cid}={value}", spans[phrase], example.scenario)
+        out = cls(list(keys), np.vstack(rows).astype(np.float32), np.asarray(index), np.asarray(groups))
+        raw = out.raw(vectors, [e.scenario for e in examples])
+        out.mean, out.std = raw.mean(axis=0), raw.std(axis=0) + 1e-3
+        return out
+
+    def raw(self, vectors: np.ndarray, groups: Sequence[str] | None = None) -> np.ndarray:
+        sims = np.asarray(vectors, dtype=np.float32) @ self.vectors.T
+        if groups is not None:  # leave the question's own scenario out
+            sims[np.asarray(groups)[:, None] == self.groups[None, :]] = -1.0
+        out = np.zeros((sims.shape[0], 2 * len(self.keys)), dtype=np.float32)
+        for k, cols in enumerate(self.columns):
+            block = sims[:, cols]
+            top = -np.sort(-block, axis=1)[:, :3] if block.shape[1] > 3 else block
+            out[:, 2 * k] = block.max(axis=1)
+            out[:, 2 * k + 1] = top.mean(axis=1)
+        return out
+
+    def features(self, vectors: np.ndarray, groups: Sequence[str] | None = None) -> np.ndarray:
+        return (self.raw(vectors, groups) - self.mean) / self.std
 
 
 # ---------------------------------------------------------------------------------------------- the reader
@@ -285,12 +354,16 @@ class LearnedReader:
         config: ReaderConfig | None = None,
         lexicon: Lexicon | None = None,
         fingerprint: str = "",
+        spans: dict[str, np.ndarray] | None = None,
     ) -> LearnedReader:
+        """``spans``: query embeddings of the labelled evidence phrases (by text), for the neighbour features."""
         config = config or ReaderConfig()
         lexicon = lexicon or load_lexicon()
         texts = [e.text for e in examples]
         featurizer = Featurizer(flow, lexicon, config).fit(texts)
-        x = featurizer.transform(texts, vectors)
+        featurizer.neighbours = Neighbours.build(examples, vectors, spans or {}) if config.neighbours else None
+        featurizer.dimension = int(vectors.shape[1])
+        x = featurizer.transform(texts, vectors, [e.scenario for e in examples])
         models: dict = {"intent": _fit_lr(x, [e.intent for e in examples], config.c_intent)}
         decision_rows = [i for i, e in enumerate(examples) if e.intent == "decision"]
         for cond in flow.conditions:
@@ -309,12 +382,8 @@ class LearnedReader:
     # -------------------------------------------------------------- reading
     def features(self, text: str, vector: np.ndarray | None) -> sparse.csr_matrix:
         if vector is None:
-            vector = np.zeros(self._dimension, dtype=np.float32)
+            vector = np.zeros(self.featurizer.dimension, dtype=np.float32)
         return self.featurizer.transform([text], np.asarray(vector, dtype=np.float32)[None, :])
-
-    @property
-    def _dimension(self) -> int:
-        return int(self.models["intent"].coef_.shape[1] - self.featurizer.n_lexical)
 
     def read(
         self,
@@ -356,7 +425,7 @@ class LearnedReader:
             state = ConditionState(cond, None, "", "", None)
             if found is not None:
                 probs, classes = found
-                k = int(np.argmax(probs))
+                k = self._choose(probs, classes)
                 value = classes[k]
                 if value != "unstated":
                     holds = value == "yes"
@@ -368,6 +437,20 @@ class LearnedReader:
                 state = numeric_state(cond, count) or state
             states[cond.id] = state
         return states
+
+    def _choose(self, probs: np.ndarray, classes: list[str]) -> int:
+        """The value read: "yes" when its probability reaches ``yes_min_p`` (when set), else the likeliest other."""
+        k = int(np.argmax(probs))
+        if self.config.yes_min_p is None or "yes" not in classes:
+            return k
+        yes = classes.index("yes")
+        if probs[yes] >= self.config.yes_min_p:
+            return yes
+        if k == yes:
+            others = probs.copy()
+            others[yes] = -1.0
+            return int(np.argmax(others))
+        return k
 
     def _task(self, x):
         found = self.proba("task", x)
@@ -495,6 +578,20 @@ class EmbeddingCache:
                 os.unlink(tmp)
 
 
+def span_vectors(
+    examples: Sequence[Example],
+    cache: EmbeddingCache,
+    encode: Callable[[list[str]], np.ndarray],
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Query embeddings of every labelled evidence phrase, by its text."""
+    phrases = sorted({p for e in examples for p in e.evidence.values() if p and p.strip()})
+    if not phrases:
+        return {}
+    vectors = cache.embed([normalize_question(p) for p in phrases], encode, progress)
+    return dict(zip(phrases, vectors, strict=True))
+
+
 def cache_path(settings, embedder) -> Path:
     name = re.sub(r"[^a-zA-Z0-9]+", "-", str(getattr(embedder, "name", "model")))[:60]
     return Path(settings.model_cache_dir) / "reader" / f"embeddings-{name}.npz"
@@ -518,10 +615,10 @@ def ensure_reader(settings, embedder, flow: DecisionFlow, progress: bool = False
         raise KnowledgeError(f"{settings.corpus_dir / 'reader'}: no labelled questions (questions_*.jsonl)")
     if progress:
         print(f"train-reader: {len(examples)} labelled questions", file=sys.stderr, flush=True)
-    vectors = EmbeddingCache(cache_path(settings, embedder)).embed(
-        [e.text for e in examples], embedder.encode_queries, progress
-    )
-    reader = LearnedReader.train(flow, examples, vectors, fingerprint=fingerprint)
+    cache = EmbeddingCache(cache_path(settings, embedder))
+    vectors = cache.embed([e.text for e in examples], embedder.encode_queries, progress)
+    spans = span_vectors(examples, cache, embedder.encode_queries, progress)
+    reader = LearnedReader.train(flow, examples, vectors, fingerprint=fingerprint, spans=spans)
     reader.save(path)
     return reader
 
@@ -568,6 +665,7 @@ def cross_validate(
     folds: int = 5,
     config: ReaderConfig | None = None,
     lexicon: Lexicon | None = None,
+    spans: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """k-fold by scenario (paraphrases of one situation stay in one fold): learned vs rule reader, per language."""
     from sklearn.model_selection import GroupKFold
@@ -577,7 +675,9 @@ def cross_validate(
     learned: list[Reading | None] = [None] * len(examples)
     groups = [e.scenario for e in examples]
     for train_idx, test_idx in GroupKFold(n_splits=folds).split(np.zeros(len(examples)), groups=groups):
-        reader = LearnedReader.train(flow, [examples[i] for i in train_idx], vectors[train_idx], config, lexicon)
+        reader = LearnedReader.train(
+            flow, [examples[i] for i in train_idx], vectors[train_idx], config, lexicon, spans=spans
+        )
         for i in test_idx:
             learned[i] = reader.read(examples[i].text.lower(), vectors[i])
     rule_readings = [rules.read(e.text.lower()) for e in examples]
@@ -630,10 +730,11 @@ def main(settings, cv: bool = False, folds: int = 5, as_json: bool = False) -> i
         "fingerprint": reader.fingerprint,
     }
     if cv:
-        vectors = EmbeddingCache(cache_path(settings, embedder)).embed(
-            [e.text for e in examples], embedder.encode_queries
+        cache = EmbeddingCache(cache_path(settings, embedder))
+        vectors = cache.embed([e.text for e in examples], embedder.encode_queries)
+        summary["cv"] = cross_validate(
+            flow, examples, vectors, folds, spans=span_vectors(examples, cache, embedder.encode_queries)
         )
-        summary["cv"] = cross_validate(flow, examples, vectors, folds)
     if as_json:
         print(json.dumps(summary, ensure_ascii=False))
     else:

@@ -135,6 +135,7 @@ class AnswerService:
         own_vector = self.retriever.embed_query(normalize_question(raw)) if follow_up else None
         decision = self.engine.decide(lowered, vector, follow_up=follow_up, follow_up_vector=own_vector)
         reading = decision.reading
+        _restore_case(decision, text, lowered)
         extra = [name for t in ([decision.task] if decision.task else []) for name in t.all_names[:6]]
         hits = self.retriever.search(text, k=8, extra_terms=tokenize(" ".join(extra)), vector=vector)
         top_dense = max((h.dense for h in hits), default=0.0)
@@ -258,6 +259,16 @@ class AnswerService:
         answer.follow_up = follow_up
         answer.seconds = round(time.perf_counter() - started, 4)
         return answer
+
+
+def _restore_case(decision: Decision, text: str, lowered: str) -> None:
+    """Quote the evidence as the user wrote it: readers see the lower-cased question."""
+    if len(text) != len(lowered):
+        return
+    for state in decision.states.values():
+        start = lowered.find(state.evidence) if state.evidence and state.why in ("cue", "learned") else -1
+        if start >= 0:
+            state.evidence = text[start : start + len(state.evidence)]
 
 
 def previous_user_message(history: list | None) -> str | None:

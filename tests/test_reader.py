@@ -157,3 +157,15 @@ def test_a_damaged_model_file_is_retrained(tmp_path: Path, make_settings, embedd
     reader = ensure_reader(settings, embedder, flow)
     assert reader.fingerprint == data_hash(corpus)
     assert LearnedReader.load(path, flow, reader.fingerprint) is not None
+
+
+def test_deciding_reason_first_and_the_other_side_labelled(bot_service) -> None:
+    """Under an LLM verdict from few labels, the sentiment finding (measured with full training sets) is a caveat
+    and comes after the deciding reason, labelled as the other side."""
+    answer = bot_service.ask("Sentiment analysis of hotel reviews, but we only have 20 labelled reviews. Which model?")
+    assert answer.verdict == "llm"
+    why = answer.answer.split("**Why**", 1)[1].split("\n\n", 1)[0]
+    bullets = [line for line in why.splitlines() if line.startswith("- ")]
+    assert "Step 5" in bullets[0]
+    other = [b for b in bullets if "sentiment" in b.lower()]
+    assert other and all(b.startswith("- On the other hand") for b in other)
