@@ -10,7 +10,7 @@ from bot.compose import Citations, T, compose_content, compose_decision, with_so
 from bot.engine import Decision, DecisionEngine, asks_about_survey
 from bot.knowledge import load_flow, load_sources
 from bot.retrieval import HybridRetriever
-from bot.text import detect_language, normalize_question, tokenize
+from bot.text import clip_question, detect_language, normalize_question, tokenize
 from ingest.config import Settings
 from ingest.embeddings import Embedder, load_embedder
 from ingest.store import ChunkStore
@@ -122,8 +122,9 @@ class AnswerService:
         follow_up = normalize_question(raw).lower() if text != normalize_question(raw) else None
         lang_override = detect_language(normalize_question(raw)) if follow_up else None
         notice = None
-        if len(text) > self.settings.max_question_chars:
-            text = text[: self.settings.max_question_chars]
+        text, cut = clip_question(text, self.settings.max_question_chars)
+        if cut:  # the middle goes: the beginning sets the scene, the end usually holds the ask
+            text = normalize_question(text)
             notice = "truncated"
         lang = lang_override or detect_language(text)  # each turn answers in its own language
         if not re.search(r"\w", text):

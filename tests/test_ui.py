@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import pytest
 import bot.ui as ui  # first: sets GRADIO_ANALYTICS_ENABLED before gradio is imported
 from bot.knowledge import VERDICTS
 from bot.service import AnswerService
+from bot.text import normalize_question
 from ingest.config import Settings
 from ingest.embeddings import Embedder
 from ingest.pipeline import run_ingest
@@ -26,6 +26,7 @@ Q_JA = "感情分析でラベル付きデータが20万件ある。LLMとファ�
 Q_EN = "Named entity recognition with 50k labelled sentences: should I use an LLM or fine-tune a model?"
 Q_OFF = "明日の天気は？"
 Q_FOLLOW = "ラベル付きデータが30件しかなかったら、LLMとファインチューニング、どっち？"
+Q_OFF_AFTER = "ちなみに今日のランチのおすすめは？"  # off-topic, asked right after a verdict
 _SERVICE: dict[str, AnswerService] = {}
 # Gradio's queue calls pandas APIs that pandas 3 deprecates; not ours to fix.
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
@@ -111,22 +112,45 @@ def test_api_ask_off_topic(client) -> None:
     assert data["verdict"] is None
 
 
+def test_api_ask_takes_chat_history(client, service: AnswerService) -> None:
+    """The `ask` API's optional history (chat messages) means what the chat means: a follow-up keeps the earlier
+    facts, an off-topic turn abstains; and the chat answers a second turn exactly as the API does."""
+    first, *_ = client.predict(Q_JA, [], "ja", api_name="/chat")
+    history = [{"role": m["role"], "content": text_of(m)} for m in first]
+    data = client.predict(Q_FOLLOW, history, api_name="/ask")
+    assert data == service.ask(Q_FOLLOW, history=history).to_json()
+    assert data["follow_up"] is True and data["language"] == "ja"
+    chat, *_ = client.predict(Q_FOLLOW, first, "ja", api_name="/chat")
+    assert text_of(chat[-1]) == data["answer"]
+    off = client.predict(Q_OFF_AFTER, history, api_name="/ask")
+    assert off["abstained"] is True and off["verdict"] is None and off["follow_up"] is False
+    assert client.predict(Q_JA, [], api_name="/ask") == client.predict(Q_JA, api_name="/ask")
+
+
+def svgs(figure: str) -> dict[str, str]:
+    """The flow panel's two drawings of Figure 2 by layout: {"wide": <svg ...>, "tall": <svg ...>}."""
+    found = {layout: svg for svg, layout in re.findall(r'(<svg class="flow (wide|tall)[^"]*".*?</svg>)', figure, re.S)}
+    assert set(found) == {"wide", "tall"}
+    return found
+
+
 def test_chat_streams_answer_and_panels(client, service: AnswerService) -> None:
-    history, _box, card, figure, sources = client.predict(Q_JA, [], "ja", api_name="/chat")
+    history, _box, card, figure, sources, _hint = client.predict(Q_JA, [], "ja", api_name="/chat")
     expected = service.ask(Q_JA)
     assert [m["role"] for m in history] == ["user", "assistant"]
     assert text_of(history[1]) == expected.answer
     assert f'data-verdict="{expected.verdict}"' in card
     assert service.flow.outcomes[expected.verdict].label["ja"] in card
-    assert figure.count('class="box') == len(service.flow.conditions) == 10
-    assert figure.count("on-path") > len(expected.flow_path) and figure.count(" deciding") == 1
-    assert sources.count("<details") == len(expected.citations)
+    for layout, svg in svgs(figure).items():
+        assert svg.count('class="box') == len(service.flow.conditions) == 10, layout
+        assert svg.count("on-path") > len(expected.flow_path) and svg.count(" deciding") == 1, layout
+    assert sources.count('<details class="source"') == len(expected.citations)
     assert "[1]</span>" in sources and "<mark>" in sources
 
 
 def test_chat_follow_up_keeps_history(client, service: AnswerService) -> None:
     first, *_ = client.predict(Q_JA, [], "ja", api_name="/chat")
-    history, _box, card, _figure, sources = client.predict(Q_FOLLOW, first, "ja", api_name="/chat")
+    history, _box, card, _figure, sources, _hint = client.predict(Q_FOLLOW, first, "ja", api_name="/chat")
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
     assert [text_of(m) for m in history[:2]] == [text_of(m) for m in first]
     assert text_of(history[2]) == Q_FOLLOW
@@ -134,24 +158,57 @@ def test_chat_follow_up_keeps_history(client, service: AnswerService) -> None:
     assert follow and follow != text_of(first[1])
     for n in re.findall(r"\[(\d+)\]", follow):
         assert f'data-n="{n}"' in sources
-    if "history" not in inspect.signature(service.ask).parameters:  # today's service answers it afresh
-        expected = service.ask(Q_FOLLOW)
-        assert follow == expected.answer
-        assert f'data-verdict="{expected.verdict or ""}"' in card
+    prior = [{"role": m["role"], "content": text_of(m)} for m in first]
+    expected = service.ask(Q_FOLLOW, history=prior)
+    assert follow == expected.answer
+    assert f'data-verdict="{expected.verdict or ""}"' in card
 
 
-def test_chat_empty_input_is_polite(client) -> None:
-    history, *_ = client.predict("   ", [], "en", api_name="/chat")
-    assert len(history) == 1 and history[0]["role"] == "assistant"
-    assert text_of(history[0]).startswith("Please type a question")
+def test_chat_off_topic_after_verdict_clears_panels(client, service: AnswerService) -> None:
+    first, _box, card, *_ = client.predict(Q_JA, [], "ja", api_name="/chat")
+    assert 'data-verdict=""' not in card
+    history, _box, card, figure, sources, _hint = client.predict(Q_OFF_AFTER, first, "ja", api_name="/chat")
+    assert text_of(history[-1]) == service.ask(Q_OFF_AFTER).answer  # the refusal
+    assert 'data-verdict=""' in card and "v-abstain" in card
+    assert all(service.flow.outcomes[v].label["ja"] not in card for v in service.flow.outcomes)
+    assert "on-path" not in figure and " deciding" not in figure and "has-path" not in figure
+    assert '<details class="source"' not in sources and ui.UI["ja"]["sources_none"] in sources
 
 
-def test_chat_long_question_is_cut_with_notice(client, service: AnswerService) -> None:
+def test_chat_empty_input_only_hints(client) -> None:
+    history, _box, _card, _figure, _sources, hint = client.predict("   ", [], "en", api_name="/chat")
+    assert history == []  # nothing appears in the chat
+    assert 'class="hint is-empty"' in hint and ui.UI["en"]["empty_hint"] in hint
+    assert "Enter sends" in hint
+
+
+def test_chat_long_question_keeps_beginning_and_end(client, service: AnswerService) -> None:
+    """Over the limit, the chat keeps the beginning and the end of the question (where the ask usually is), says
+    so, and the service answers the ask."""
     limit = service.settings.max_question_chars
-    question = Q_EN + " Some more detail about the data." * (limit // 20)
-    history, *_ = client.predict(question, [], "en", api_name="/chat")
-    assert len(text_of(history[0])) < len(question)  # shown shortened in the chat
-    assert text_of(history[1]).startswith(f"⚠️ Your question was longer than {limit} characters")
+    question = "Some background about our data and team. " * (limit // 30) + Q_EN
+    clipped, cut = ui.clip_question(question, limit)
+    assert clipped.startswith("Some background") and clipped.endswith(Q_EN) and ui.CLIP_SEP in clipped
+    assert cut > 0 and len(normalize_question(clipped)) <= limit
+    history, _box, card, *_ = client.predict(question, [], "en", api_name="/chat")
+    assert text_of(history[0]) == clipped
+    notice = f"⚠️ Your question was longer than {limit:,} characters: its beginning and end were kept and {cut:,}"
+    assert text_of(history[1]).startswith(notice)
+    expected = service.ask(clipped)
+    assert expected.notice is None and expected.verdict is not None and expected.task == "ner"
+    assert text_of(history[1]).endswith(expected.answer)
+    assert f'data-verdict="{expected.verdict}"' in card
+
+
+def test_clip_question_counts_like_the_service() -> None:
+    assert ui.clip_question("short question?", 50) == ("short question?", 0)
+    spaced = "word   " * 20  # 140 characters, 99 once whitespace is collapsed
+    assert ui.clip_question(spaced, 100) == (spaced, 0)
+    for text in ("a" * 300 + " ASK?", "…" * 300 + " ASK?", "感情分析" * 80 + "。どっち？"):
+        clipped, cut = ui.clip_question(text, 100)
+        size = len(normalize_question(clipped))
+        assert size <= 100 and clipped.endswith(text[-5:]) and clipped.startswith(text[:3])
+        assert cut == len(normalize_question(text)) - (size - ui.CLIP_SEP_LEN)
 
 
 def test_panels_escape_store_text(service: AnswerService) -> None:
@@ -164,8 +221,52 @@ def test_panels_escape_store_text(service: AnswerService) -> None:
     assert "<mark>感情分析</mark>" in html
 
 
+def test_sources_mark_the_supporting_sentence(service: AnswerService) -> None:
+    data = service.ask(Q_JA).to_json()
+    cited = data["citations"][0]
+    sentence = "この文が主張を支えます。"
+    cited |= {"text": f"前置き <b>感情分析</b>。{sentence}後の文。", "support": sentence}
+    html = ui.render_sources(data, "ja")
+    assert f'<mark class="support">{sentence}</mark>' in html
+    assert "<mark>" not in html.split('data-n="2"')[0]  # no question words marked in that chunk
+    assert "&lt;b&gt;" in html
+    cited["support"] = "not in the text"
+    assert '<mark class="support">' not in ui.render_sources(data, "ja")
+
+
 def test_flow_without_answer_has_no_path(service: AnswerService) -> None:
     for lang in ("ja", "en"):
-        svg = ui.render_flow(service.flow, None, lang)
-        assert svg.count('class="box') == 10 and "on-path" not in svg and " deciding" not in svg
-        assert service.flow.conditions[0].name[lang] in svg
+        for layout, svg in svgs(ui.render_flow(service.flow, None, lang)).items():
+            assert svg.count('class="box') == 10 and "on-path" not in svg and " deciding" not in svg, layout
+            assert service.flow.conditions[0].name[lang] in svg
+
+
+def test_tall_flow_fits_a_phone_at_full_size(service: AnswerService) -> None:
+    """The phone drawing is TALL_W px wide (drawn 1:1), long condition names wrap onto a second line, and every
+    label of it is at least 12 px."""
+    data = service.ask(Q_EN).to_json()
+    tall = svgs(ui.render_flow(service.flow, data, "en"))["tall"]
+    width = float(re.search(r'viewBox="0 0 ([\d.]+) ', tall).group(1))
+    assert width == ui.TALL_W
+    longest = max((c.name["en"] for c in service.flow.conditions), key=len)
+    assert longest not in tall and all(w in tall for w in longest.split())  # wrapped
+    for x, w in re.findall(r'<rect class="(?:box|outcome)[^"]*"(?: data-outcome="\w+")? x="([\d.]+)" y="[\d.]+" '
+                           r'width="([\d.]+)"', tall):
+        assert float(x) >= 0 and float(x) + float(w) <= width
+    sizes = re.findall(r"\.(name|badge-t|elabel|otext) \{[^}]*font-size: ([\d.]+)px", ui.FLOW_CSS)
+    tall_sizes = dict(re.findall(r"\.tall \.(name|otext) \{ font-size: ([\d.]+)px", ui.FLOW_CSS))
+    assert {name for name, _ in sizes} == {"name", "badge-t", "elabel", "otext"}
+    assert all(float(tall_sizes.get(name, size)) >= 12 for name, size in sizes)
+
+
+def test_panels_follow_the_ui_language(service: AnswerService) -> None:
+    """Card, flow and sources panel are drawn in the UI language, whatever the answer's language."""
+    data = service.ask(Q_JA).to_json()
+    outcome = service.flow.outcomes[data["verdict"]]
+    for lang, other in (("ja", "en"), ("en", "ja")):
+        card = ui.render_verdict(service.flow, data, lang)
+        assert outcome.label[lang] in card and outcome.label[other] not in card and f'lang="{lang}"' in card
+        figure = ui.render_flow(service.flow, data, lang)
+        assert all(c.name[lang] in figure for c in service.flow.conditions)
+        assert ui.UI[lang]["sources_h"] in ui.render_sources(data, lang)
+        assert ui.UI[lang]["keys"] in ui.render_hint(lang, 2000)
