@@ -160,6 +160,14 @@ def test_long_question_is_truncated_with_notice(bot_service: AnswerService) -> N
     assert bot_service.ask(CHATBOT_EN).notice is None
 
 
+def test_long_question_keeps_its_end_where_the_ask_is(bot_service: AnswerService) -> None:
+    """Over the limit the middle goes, not the end: the ask at the end of a long backstory is still answered."""
+    story = "Our shop opened in 2009 and sells tea in three cities. " * 80
+    answer = bot_service.ask(story + "We need a customer-facing chatbot that talks with visitors. Which model?")
+    assert answer.notice == "truncated"
+    assert answer.verdict == "llm"
+
+
 def test_check_citations_detects_problems() -> None:
     """check_citations flags markers without citations, unused citations, bad numbering and unknown chunks."""
     cite = {"n": 1, "chunk_id": "abc", "section": "4.1.1"}
