@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,6 +114,25 @@ def _pair(table: dict, stem: str, where: str, file: Path) -> dict[str, str]:
 
 def _lower(items) -> tuple[str, ...]:
     return tuple(str(x).lower() for x in items or ())
+
+
+def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> Iterator[tuple[str, dict]]:
+    """(``file:line``, object) for each non-blank line of a labelled-data file; a bad line raises KnowledgeError
+    naming the file, the line and the field (``required``: keys that must hold non-empty strings)."""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise KnowledgeError(f"{where}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(row, dict):
+            raise KnowledgeError(f"{where}: a line must be a JSON object")
+        for key in required:
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise KnowledgeError(f"{where}: field '{key}' is missing or empty")
+        yield where, row
 
 
 def _read_toml(path: Path) -> dict:

@@ -31,7 +31,7 @@ from bot.engine import (
     numeric_state,
     stem_text,
 )
-from bot.knowledge import DecisionFlow, KnowledgeError
+from bot.knowledge import DecisionFlow, KnowledgeError, read_jsonl
 from bot.lexicon import Lexicon, load_lexicon
 from bot.text import normalize_question
 
@@ -97,17 +97,7 @@ def load_examples(corpus_dir: Path, flow: DecisionFlow) -> list[Example]:
     out: list[Example] = []
     seen: set[str] = set()
     for path in reading_files(corpus_dir):
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise KnowledgeError(f"{where}: not valid JSON ({exc.msg})") from exc
-            for key in ("id", "scenario", "lang", "question", "intent"):
-                if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise KnowledgeError(f"{where}: field '{key}' is missing or empty")
+        for where, row in read_jsonl(path, ("id", "scenario", "lang", "question", "intent")):
             if row["intent"] not in INTENTS:
                 raise KnowledgeError(f"{where}: field 'intent' must be one of {INTENTS}, not {row['intent']!r}")
             conditions = row.get("conditions") or {}

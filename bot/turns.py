@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
-from bot.knowledge import KnowledgeError, _read_toml
+from bot.knowledge import KnowledgeError, _read_toml, read_jsonl
 from bot.reader import EmbeddingCache, cache_path, model_path
 from bot.text import detect_language, normalize_question
 
@@ -87,19 +87,7 @@ def load_turn_pairs(corpus_dir: Path) -> list[TurnPair]:
     out: list[TurnPair] = []
     seen: set[str] = set()
     for path in turn_files(corpus_dir):
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise KnowledgeError(f"{where}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise KnowledgeError(f"{where}: a line must be a JSON object")
-            for key in ("id", "lang", "previous", "question", "kind"):
-                if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise KnowledgeError(f"{where}: field '{key}' is missing or empty")
+        for where, row in read_jsonl(path, ("id", "lang", "previous", "question", "kind")):
             if row["lang"] not in LANGS:
                 raise KnowledgeError(f"{where}: field 'lang' must be one of {LANGS}, not {row['lang']!r}")
             if row["kind"] not in KINDS:
