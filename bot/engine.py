@@ -393,7 +393,7 @@ class DecisionEngine:
         deciding = path[-1].condition.id
         if task is not None and not task.generic and task.verdict != flow_verdict:
             # The finding decides only where it was measured in this very situation; elsewhere it is a caveat.
-            if deciding in getattr(task, "finding_covers", ()):
+            if deciding in task.finding_covers:
                 decision.conflicts.append("task")
             else:
                 decision.caveats.append("task")

@@ -220,7 +220,7 @@ class Featurizer:
         """``groups``: the training rows' scenarios (their own scenario is left out of the neighbour features)."""
         vectors = np.asarray(vectors, dtype=np.float32)
         blocks = [self.lexical(texts), sparse.csr_matrix(vectors * self.config.embedding_weight)]
-        if getattr(self, "neighbours", None) is not None:
+        if self.neighbours is not None:
             near = self.neighbours.features(vectors, groups) * self.config.neighbour_weight
             blocks.append(sparse.csr_matrix(near.astype(np.float32)))
         return sparse.hstack(blocks, format="csr")
