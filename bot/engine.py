@@ -41,6 +41,11 @@ class ConditionState:
     p: float | None = None  # the reader's probability for this value, when the reader gives one
 
     @property
+    def value(self) -> str:
+        """The reading as a word: yes, no or unstated (as in the reading data and the JSON contract)."""
+        return "unstated" if self.holds is None else ("yes" if self.holds else "no")
+
+    @property
     def stated(self) -> bool:
         """Settled by the question's own words (not by the task type or an implication)."""
         return self.why in ("cue", "labels", "learned", "multi")

@@ -35,14 +35,18 @@ class Result:
 
     @property
     def intent(self) -> str:
-        """What the answer treated the question as: refused (offtopic), a verdict (decision) or content."""
-        return "offtopic" if self.abstained else ("decision" if self.verdict else "content")
+        return answered_as(self.abstained, self.verdict)
 
     @property
     def verdict_ok(self) -> bool | None:
         if self.item.get("kind") != "decision":
             return None
         return self.verdict == self.item.get("expected_verdict")
+
+
+def answered_as(abstained: bool, verdict: str | None) -> str:
+    """What an answer treated its question as: refused (offtopic), a verdict (decision) or content."""
+    return "offtopic" if abstained else ("decision" if verdict else "content")
 
 
 def load_items(path: Path) -> list[dict]:
@@ -224,7 +228,7 @@ def converse(service: AnswerService, path: Path, as_json: bool) -> int:
             print(f"[{turn.get('conversation')}] {answer.answer}\n")
         if "kind" in turn:
             labelled += 1
-            got = "offtopic" if answer.abstained else ("decision" if answer.verdict else "content")
+            got = answered_as(answer.abstained, answer.verdict)
             ok = got == turn["kind"] and (turn["kind"] != "decision" or answer.verdict == turn.get("expected_verdict"))
             right += ok
             follow_right += answer.follow_up == bool(turn.get("follow_up"))

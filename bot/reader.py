@@ -626,9 +626,7 @@ def reading_scores(flow: DecisionFlow, examples: Sequence[Example], readings: Se
     for cond in flow.conditions:
         confusion: dict[str, dict[str, int]] = {v: dict.fromkeys(VALUES, 0) for v in VALUES}
         for e, r in decision:
-            state = r.states[cond.id]
-            got = "unstated" if state.holds is None else ("yes" if state.holds else "no")
-            confusion[e.conditions.get(cond.id, "unstated")][got] += 1
+            confusion[e.conditions.get(cond.id, "unstated")][r.states[cond.id].value] += 1
         total = sum(sum(row.values()) for row in confusion.values())
         right = sum(confusion[v][v] for v in VALUES)
         per_condition[cond.id] = {"accuracy": round(right / total, 4) if total else None, "confusion": confusion}

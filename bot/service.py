@@ -6,6 +6,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from bot.compose import Citations, T, compose_content, compose_decision, with_sources
 from bot.engine import Decision, DecisionEngine, asks_about_survey
 from bot.knowledge import load_flow, load_sources
@@ -80,31 +82,32 @@ class AnswerService:
         self.flow = load_flow(settings.corpus_dir / "decision_flow.toml")
         self.sources = load_sources(settings.corpus_dir / "sources.toml")
         self.engine = DecisionEngine(self.flow, self.embedder.encode_queries, self.embedder.encode_documents)
-        if settings.reader == "learned":
-            from bot.reader import ensure_reader
-
-            self.engine.reader = ensure_reader(settings, self.embedder, self.flow, progress=True)
         self.gate = gate or Gate()
         self.turns = None
         if settings.reader == "learned":
+            from bot.reader import ensure_reader
             from bot.turns import ensure_turn_reader
 
+            self.engine.reader = ensure_reader(settings, self.embedder, self.flow, progress=True)
             self.turns = ensure_turn_reader(settings, self.embedder)
 
     @property
     def chunk_count(self) -> int:
         return len(self.retriever.chunks)
 
-    def condense(self, question: str, history: list | None) -> str:
+    def condense(self, question: str, history: list | None, question_vector: np.ndarray | None = None) -> str:
         """Without an LLM: a turn that depends on the previous one (an ellipsis, "why?", a correction; decided by
-        the learned turn reader) is read together with the previous question; anything else stands alone."""
+        the learned turn reader) is read together with the previous question; anything else stands alone.
+        ``question_vector``: the turn's query embedding when the caller already has it."""
         previous = previous_user_message(history)
         if not previous:
             return question
         if self.turns is not None:
             prev_text, text = normalize_question(previous), normalize_question(question)
-            vectors = self.embedder.encode_queries([prev_text, text])
-            follow, _ = self.turns.follow_up(prev_text, text, vectors[0], vectors[1])
+            if question_vector is None:
+                question_vector = self.retriever.embed_query(text)
+            prev_vector = self.retriever.embed_query(prev_text)
+            follow, _ = self.turns.follow_up(prev_text, text, prev_vector, question_vector)
             return f"{previous} {question}" if follow else question
         if len(question) > 160:
             return question
@@ -118,9 +121,17 @@ class AnswerService:
         ({"role": "user"|"assistant", "content": ...}), used to read short follow-ups."""
         started = time.perf_counter()
         raw = question if isinstance(question, str) else str(question)
-        text = normalize_question(self.condense(raw, history) if history else raw)
-        follow_up = normalize_question(raw).lower() if text != normalize_question(raw) else None
-        lang_override = detect_language(normalize_question(raw)) if follow_up else None
+        own_text = normalize_question(raw)
+        # The turn's own embedding serves the follow-up decision, the follow-up's own reading, and (when the turn
+        # stands alone) retrieval: computed once.
+        own_vector = (
+            self.retriever.embed_query(own_text)
+            if self.turns is not None and previous_user_message(history) and re.search(r"\w", own_text)
+            else None
+        )
+        text = normalize_question(self.condense(raw, history, own_vector) if history else raw)
+        follow_up = own_text.lower() if text != own_text else None
+        lang_override = detect_language(own_text) if follow_up else None
         notice = None
         text, cut = clip_question(text, self.settings.max_question_chars)
         if cut:  # the middle goes: the beginning sets the scene, the end usually holds the ask
@@ -132,9 +143,10 @@ class AnswerService:
                 Answer(raw, lang, None, True, T[lang]["empty"], [], [], notice=notice), started, follow_up is not None
             )
         lowered = text.lower()
-        vector = self.retriever.embed_query(text)
-        own_vector = self.retriever.embed_query(normalize_question(raw)) if follow_up else None
-        decision = self.engine.decide(lowered, vector, follow_up=follow_up, follow_up_vector=own_vector)
+        vector = own_vector if own_vector is not None and text == own_text else self.retriever.embed_query(text)
+        decision = self.engine.decide(
+            lowered, vector, follow_up=follow_up, follow_up_vector=own_vector if follow_up else None
+        )
         reading = decision.reading
         _restore_case(decision, text, lowered)
         extra = [name for t in ([decision.task] if decision.task else []) for name in t.all_names[:6]]
@@ -244,11 +256,10 @@ class AnswerService:
         """How the question was read, per condition: value, the reader's probability and the words it came from."""
         out = []
         for cid, state in decision.states.items():
-            value = "unstated" if state.holds is None else ("yes" if state.holds else "no")
             out.append(
                 {
                     "id": cid,
-                    "value": value,
+                    "value": state.value,
                     "p": None if state.p is None else round(state.p, 3),
                     "evidence": state.evidence,
                     "source": state.why or "unstated",
@@ -256,7 +267,8 @@ class AnswerService:
             )
         return out
 
-    def _finish(self, answer: Answer, started: float, follow_up: bool = False) -> Answer:
+    @staticmethod
+    def _finish(answer: Answer, started: float, follow_up: bool = False) -> Answer:
         answer.follow_up = follow_up
         answer.seconds = round(time.perf_counter() - started, 4)
         return answer
