@@ -1,4 +1,4 @@
-"""``python -m bot ask|eval|serve|bench`` — thin entry points over ``bot.service``."""
+"""``python -m bot ask|eval|serve|bench`` — thin entry points over one ``bot.pipeline.Pipeline``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 
-def _service(settings):
-    from bot.service import AnswerService
+def _pipeline(settings):
+    from bot.pipeline import Pipeline
 
-    return AnswerService(settings)
+    return Pipeline.from_settings(settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,14 +62,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             if args.llm:
                 settings = settings.model_copy(update={"generator": args.llm})
-            service = _service(settings)
-            chain = None
-            if settings.generator != "none":
-                from bot.llm import GroundedChain, make_chat_model
-
-                chain = GroundedChain(service, make_chat_model(settings))
+            pipeline = _pipeline(settings)
             for question in args.questions:
-                answer = chain.run(question).answer if chain else service.ask(question)
+                answer = pipeline.ask(question)
                 if args.json:
                     print(json.dumps(answer.to_json(), ensure_ascii=False), flush=True)
                 else:
@@ -78,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "converse":
             from bot.evaluate import converse
 
-            return converse(_service(settings), args.file, args.json)
+            return converse(_pipeline(settings), args.file, args.json)
         if args.command == "eval":
             from bot.evaluate import main as eval_main
 

@@ -91,6 +91,7 @@ T = {
     },
 }
 FLIP_ANSWER = {"en": {True: "yes", False: "no"}, "ja": {True: "はい", False: "いいえ"}}
+_STATED = ("cue", "labels", "multi", "implied", "learned")  # how a condition the question settles was read
 _SENTENCE = re.compile(r"(?<=[。！？])|(?<=[.!?])\s+")
 
 
@@ -174,9 +175,23 @@ def _because(state: ConditionState, lang: str) -> str:
     return ""
 
 
+def evidence_requests(decision: Decision, flow: DecisionFlow) -> list[tuple[list[str], bool]]:
+    """Every (sections, exact) list ``compose_decision`` may cite from, so the grounding can fetch them up front."""
+    stated = [s for s in decision.path if s is decision.deciding or s.why in _STATED]
+    first_open = next((s for s in decision.path if s.holds is None), decision.path[0] if decision.path else None)
+    wanted: list[tuple[list[str], bool]] = [(s.condition.sections, False) for s in stated]
+    if first_open is not None:
+        wanted.append((first_open.condition.sections, False))
+    if decision.task is not None:
+        wanted.append((decision.task.sections, False))
+    wanted += [(c.sections, False) for c in decision.considerations]
+    wanted.append(([flow.figure_section], True))
+    return wanted
+
+
 def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence, cites: Citations) -> str:
-    """``evidence(sections, exact=False) -> StoredChunk | None`` returns the best retrieved chunk within (or, unless
-    ``exact``, under) those sections."""
+    """``evidence(sections, exact=False) -> StoredChunk | None``: the best chunk within (or, unless ``exact``,
+    under) those sections, from the grounding's evidence (``Evidence.best``); see ``evidence_requests``."""
     t = T[lang]
     verdict = decision.verdict or "depends"
     lines = [
@@ -250,7 +265,7 @@ def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence
         for state in decision.path:
             if state is deciding:
                 continue
-            if state.why in ("cue", "labels", "multi", "implied", "learned"):
+            if state.why in _STATED:
                 template = t["cond_next"] if state.holds else t["cond_no"]
                 lines.append(
                     "- "

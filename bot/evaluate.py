@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
-from bot.service import AnswerService, check_citations
+from bot.answer import check_citations
+from bot.pipeline import Pipeline
+from bot.service import AnswerService
 from ingest.config import Settings
 
 
@@ -64,11 +67,13 @@ def load_items(path: Path) -> list[dict]:
     return items
 
 
-def run(service: AnswerService, items: list[dict]) -> list[Result]:
-    store_ids = {c.id for c in service.retriever.chunks}
+def run(answerer: AnswerService | Pipeline, items: list[dict]) -> list[Result]:
+    """Answer every item through the pipeline (a bare service gets the template writer)."""
+    pipeline = answerer if isinstance(answerer, Pipeline) else Pipeline(answerer)
+    store_ids = {c.id for c in pipeline.service.retriever.chunks}
     results = []
     for item in items:
-        answer = service.ask(item["question"])
+        answer = pipeline.ask(item["question"])
         results.append(
             Result(
                 item,
@@ -199,19 +204,20 @@ def main(
     return 0
 
 
-def answer_conversations(service: AnswerService, turns: list[dict]) -> list:
+def answer_conversations(answerer: AnswerService | Pipeline, turns: list[dict]) -> list:
     """Answers for JSONL turns {"conversation", "question"} in order; each conversation keeps its own history."""
-    histories: dict[str, list[dict]] = {}
+    pipeline = answerer if isinstance(answerer, Pipeline) else Pipeline(answerer)
+    histories: dict[str, list[BaseMessage]] = {}
     answers = []
     for turn in turns:
         history = histories.setdefault(str(turn.get("conversation", "")), [])
-        answer = service.ask(turn["question"], history=list(history))
-        history += [{"role": "user", "content": turn["question"]}, {"role": "assistant", "content": answer.answer}]
+        answer = pipeline.ask(turn["question"], list(history))
+        history += [HumanMessage(turn["question"]), AIMessage(answer.answer)]
         answers.append(answer)
     return answers
 
 
-def converse(service: AnswerService, path: Path, as_json: bool) -> int:
+def converse(service: AnswerService | Pipeline, path: Path, as_json: bool) -> int:
     """``python -m bot converse [--json] FILE``: one answer per turn; with labels (``kind``, ``expected_verdict``,
     ``follow_up``) in the file, a score line on stderr."""
     try:

@@ -1,15 +1,19 @@
-"""The answering service used by the CLI, the UI, eval and bench: question → retrieval → decision → answer."""
+"""The grounding stage: question (+ history) → turn reading → reading and decision → gate → evidence, fetched up
+front. ``bot.pipeline`` puts a writer after it; every entry point uses that pipeline."""
 
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from bot.compose import Citations, T, compose_content, compose_decision, with_sources
+from bot.answer import Answer, check_citations, previous_user_message, to_messages
+from bot.compose import evidence_requests
 from bot.engine import Decision, DecisionEngine, asks_about_survey
+from bot.grounding import Evidence, Grounding
 from bot.knowledge import load_flow, load_sources
 from bot.retrieval import HybridRetriever
 from bot.text import clip_question, detect_language, normalize_question, tokenize
@@ -17,42 +21,8 @@ from ingest.config import Settings
 from ingest.embeddings import Embedder, load_embedder
 from ingest.store import ChunkStore
 
-_CITE = re.compile(r"\[(\d+)\]")
-
-
-@dataclass
-class Answer:
-    question: str
-    language: str
-    verdict: str | None
-    abstained: bool
-    answer: str
-    flow_path: list[dict]
-    citations: list[dict]
-    seconds: float = 0.0
-    deciding_step: int | None = None
-    task: str | None = None
-    notice: str | None = None
-    debug: dict = field(default_factory=dict)
-    reading: list[dict] = field(default_factory=list)
-    follow_up: bool = False  # read together with the previous turn
-
-    def to_json(self) -> dict:
-        """The stable CLI/API contract (plus extra keys: deciding_step, task, notice, reading)."""
-        return {
-            "question": self.question,
-            "language": self.language,
-            "verdict": self.verdict,
-            "abstained": self.abstained,
-            "answer": self.answer,
-            "flow_path": self.flow_path,
-            "citations": self.citations,
-            "deciding_step": self.deciding_step,
-            "task": self.task,
-            "notice": self.notice,
-            "reading": self.reading,
-            "follow_up": self.follow_up,
-        }
+Condenser = Callable[[str, list], str]  # (question, history messages) -> standalone question
+__all__ = ["Answer", "AnswerService", "Gate", "check_citations", "previous_user_message"]
 
 
 @dataclass(frozen=True)
@@ -116,20 +86,32 @@ class AnswerService:
             return question
         return f"{previous} {question}"
 
-    def ask(self, question: str, history: list | None = None) -> Answer:
-        """Answer one question. ``history``: earlier turns, as (user, assistant) pairs or as chat messages
-        ({"role": "user"|"assistant", "content": ...}), used to read short follow-ups."""
+    def ask(self, question: str, history: Sequence | None = None) -> Answer:
+        """Answer one turn with the built-in template writer (``Pipeline`` is the general entry point)."""
+        from bot.pipeline import Pipeline
+
+        return Pipeline(self).ask(question, history)
+
+    def ground(self, question: str, history: Sequence | None = None, condense: Condenser | None = None) -> Grounding:
+        """Read, decide, gate and fetch the evidence for one turn. ``history``: earlier turns (any shape
+        ``to_messages`` accepts); ``condense``: an LLM's rewrite of a follow-up into a standalone question, used
+        instead of the turn reader when given."""
         started = time.perf_counter()
         raw = question if isinstance(question, str) else str(question)
+        history = to_messages(history)
         own_text = normalize_question(raw)
         # The turn's own embedding serves the follow-up decision, the follow-up's own reading, and (when the turn
         # stands alone) retrieval: computed once.
         own_vector = (
             self.retriever.embed_query(own_text)
-            if self.turns is not None and previous_user_message(history) and re.search(r"\w", own_text)
+            if condense is None and self.turns is not None and previous_user_message(history)
+            and re.search(r"\w", own_text)
             else None
         )
-        text = normalize_question(self.condense(raw, history, own_vector) if history else raw)
+        if history and previous_user_message(history):
+            text = normalize_question(condense(raw, history) if condense else self.condense(raw, history, own_vector))
+        else:
+            text = own_text
         follow_up = own_text.lower() if text != own_text else None
         lang_override = detect_language(own_text) if follow_up else None
         notice = None
@@ -138,14 +120,14 @@ class AnswerService:
             text = normalize_question(text)
             notice = "truncated"
         lang = lang_override or detect_language(text)  # each turn answers in its own language
+        grounding = Grounding(raw, text, lang, "empty", started, notice=notice, follow_up=follow_up is not None)
         if not re.search(r"\w", text):
-            return self._finish(
-                Answer(raw, lang, None, True, T[lang]["empty"], [], [], notice=notice), started, follow_up is not None
-            )
+            return grounding
         lowered = text.lower()
         vector = own_vector if own_vector is not None and text == own_text else self.retriever.embed_query(text)
         decision = self.engine.decide(
-            lowered, vector, follow_up=follow_up, follow_up_vector=own_vector if follow_up else None
+            lowered, vector, follow_up=follow_up if condense is None else None,
+            follow_up_vector=own_vector if follow_up and condense is None else None,
         )
         reading = decision.reading
         _restore_case(decision, text, lowered)
@@ -161,7 +143,8 @@ class AnswerService:
             and not read_offtopic
             and (top_dense >= self.gate.accept or (top_dense >= self.gate.with_match and matched))
         )
-        debug = {
+        grounding.decision = decision
+        grounding.debug = {
             "top_dense": round(top_dense, 4),
             "task": decision.task.id if decision.task else None,
             "task_score": round(decision.task_score, 3),
@@ -171,49 +154,37 @@ class AnswerService:
             "cue_hit": decision.cue_hit,
         }
         if not in_scope:
-            return self._finish(
-                Answer(raw, lang, None, True, T[lang]["abstain"], [], [], notice=notice, debug=debug),
-                started,
-                follow_up is not None,
-            )
-        cites = Citations(self.sources)
-        if decision.is_decision and decision.verdict:
-
-            def evidence(sections, exact=False):
-                # Sections are listed most specific first: the first one with a chunk wins.
-                for section in sections:
-                    found = self.retriever.best_in_sections(vector, [section], self.flow.doc_id, lang, exact=exact)
-                    if found:
-                        return found[0][0]
-                return None
-
-            body = compose_decision(decision, self.flow, lang, evidence, cites)
-            answer = Answer(
-                raw,
-                lang,
-                decision.verdict,
-                False,
-                "",
-                self._path_json(decision, lang),
-                [],
-                deciding_step=decision.deciding.condition.step if decision.deciding else None,
-                task=decision.task.id if decision.task else None,
-                notice=notice,
-                debug=debug,
-                reading=self._reading_json(decision),
-            )
+            grounding.kind = "abstain"
+        elif decision.is_decision and decision.verdict:
+            grounding.kind = "decision"
+            grounding.evidence = self.fetch_evidence(decision, vector, lang)
         else:
+            grounding.kind = "content"
             referenced = [
                 found[0][0]
                 for section in self.referenced_sections(lowered)
                 if (found := self.retriever.best_in_sections(vector, [section], self.flow.doc_id, lang))
             ]
-            chosen = self._content_chunks(hits, lang, first=referenced)
-            body = compose_content(chosen, text, lang, cites)
-            answer = Answer(raw, lang, None, False, "", [], [], notice=notice, debug=debug)
-        answer.answer = with_sources(body, lang, cites)
-        answer.citations = [c.to_json() for c in cites.items]
-        return self._finish(answer, started, follow_up is not None)
+            grounding.content = self._content_chunks(hits, lang, first=referenced)
+        return grounding
+
+    def fetch_evidence(self, decision: Decision, vector: np.ndarray, lang: str) -> Evidence:
+        """The best chunk for each section list the decision's answer may cite: the first section (most specific
+        first) that has a chunk wins, as the writer would have asked for it."""
+        evidence, doc = Evidence(), self.flow.doc_id
+        for sections, exact in evidence_requests(decision, self.flow):
+            key = (tuple(sections), exact)
+            if key in evidence.found:
+                continue
+            evidence.found[key] = next(
+                (
+                    found[0][0]
+                    for section in sections
+                    if (found := self.retriever.best_in_sections(vector, [section], doc, lang, exact=exact))
+                ),
+                None,
+            )
+        return evidence
 
     @staticmethod
     def _content_chunks(hits, lang: str, limit: int = 3, first=()):
@@ -244,35 +215,6 @@ class AnswerService:
         known = set(self.retriever.sections)
         return [s for s in dict.fromkeys(out) if s in known]
 
-    @staticmethod
-    def _path_json(decision: Decision, lang: str) -> list[dict]:
-        return [
-            {"step": s.condition.step, "condition": s.condition.name[lang], "holds": s.holds, "id": s.condition.id}
-            for s in decision.path
-        ]
-
-    @staticmethod
-    def _reading_json(decision: Decision) -> list[dict]:
-        """How the question was read, per condition: value, the reader's probability and the words it came from."""
-        out = []
-        for cid, state in decision.states.items():
-            out.append(
-                {
-                    "id": cid,
-                    "value": state.value,
-                    "p": None if state.p is None else round(state.p, 3),
-                    "evidence": state.evidence,
-                    "source": state.why or "unstated",
-                }
-            )
-        return out
-
-    @staticmethod
-    def _finish(answer: Answer, started: float, follow_up: bool = False) -> Answer:
-        answer.follow_up = follow_up
-        answer.seconds = round(time.perf_counter() - started, 4)
-        return answer
-
 
 def _restore_case(decision: Decision, text: str, lowered: str) -> None:
     """Quote the evidence as the user wrote it: readers see the lower-cased question."""
@@ -282,33 +224,3 @@ def _restore_case(decision: Decision, text: str, lowered: str) -> None:
         start = lowered.find(state.evidence) if state.evidence and state.why in ("cue", "learned") else -1
         if start >= 0:
             state.evidence = text[start : start + len(state.evidence)]
-
-
-def previous_user_message(history: list | None) -> str | None:
-    """The last user turn of a chat history in either format."""
-    for turn in reversed(history or []):
-        if isinstance(turn, dict):
-            if turn.get("role") == "user" and isinstance(turn.get("content"), str) and turn["content"].strip():
-                return turn["content"]
-        elif isinstance(turn, (list, tuple)) and turn and isinstance(turn[0], str):
-            return turn[0]
-    return None
-
-
-def check_citations(answer: Answer, store_ids: set[str] | None = None) -> list[str]:
-    """Problems with an answer's citations (empty list = valid): every [n] has a citation, every citation is
-    used, numbers are 1..N, and (given ``store_ids``) every cited chunk is in the store."""
-    problems = []
-    used = {int(n) for n in _CITE.findall(answer.answer)}
-    listed = [c["n"] for c in answer.citations]
-    if sorted(listed) != list(range(1, len(listed) + 1)):
-        problems.append(f"citation numbers are not 1..N: {listed}")
-    if used - set(listed):
-        problems.append(f"markers without a citation: {sorted(used - set(listed))}")
-    if set(listed) - used:
-        problems.append(f"citations never referenced: {sorted(set(listed) - used)}")
-    if store_ids is not None:
-        missing = [c["chunk_id"] for c in answer.citations if c["chunk_id"] not in store_ids]
-        if missing:
-            problems.append(f"cited chunks not in the store: {missing}")
-    return problems

@@ -15,14 +15,13 @@ size, sources folded. Panels (card, flow, sources) follow the UI language; the c
 from __future__ import annotations
 
 import html
-import inspect
 import json
 import logging
 import os
 import re
 import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported anywhere
@@ -30,14 +29,16 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 import gradio as gr  # noqa: E402
 
 from bot.knowledge import DecisionFlow  # noqa: E402
-from bot.service import Answer, AnswerService  # noqa: E402
+from bot.pipeline import Pipeline  # noqa: E402
+from bot.service import AnswerService  # noqa: E402
 from bot.text import CLIP_SEP, CLIP_SEP_LEN, clip_question, tokenize  # noqa: E402, F401 (CLIP_SEP: tests)
+from bot.writers import AnswerEvent, answer_shell  # noqa: E402
 from ingest.config import Settings  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 LANGS = ("ja", "en")
-STREAM_DELAY_S = 0.015  # pause between streamed lines, so the answer visibly builds up
+STREAM_EVERY_S = 0.05  # at most this often a streamed token batch is pushed to the browser
 PHONE_MAX = 700  # px of viewport width at or below which the one-column phone layout applies
 TALL_W = 300  # px: width of the vertical flow picture, drawn 1:1 on a phone (labels stay at their CSS size)
 EXAMPLES = (
@@ -85,6 +86,8 @@ UI: dict[str, dict[str, str]] = {
         "embedding": "埋め込みモデル",
         "max_chars": "質問の最大文字数",
         "error": "申し訳ありません。回答の作成中にエラーが発生しました: {error}",
+        "writer": "回答の作成",
+        "writer_choices": "組み込み|LLM",
     },
     "en": {
         "header": "## dotchi — an LLM, or a fine-tuned model?\n"
@@ -120,6 +123,8 @@ UI: dict[str, dict[str, str]] = {
         "embedding": "Embedding model",
         "max_chars": "Max question length",
         "error": "Sorry, something went wrong while answering: {error}",
+        "writer": "Answer written by",
+        "writer_choices": "Built-in|LLM",
     },
 }
 # Texts of the verdict card (in the UI language) and the notices put before an answer (in the answer's language).
@@ -129,14 +134,20 @@ CARD: dict[str, dict[str, str]] = {
            "info_note": "特定の選択を勧める質問ではなかったため、ナレッジベースの内容をお伝えしました。",
            "task": "タスク", "deciding": "決め手", "step": "ステップ{step}「{name}」",
            "clipped": "⚠️ 質問が{limit}文字を超えたため、冒頭と末尾を残し、途中の{cut}文字を省いて回答しました。",
-           "truncated": "⚠️ 質問が長すぎるため、最初の{n}文字だけを使って回答しました。"},
+           "truncated": "⚠️ 質問が長すぎるため、最初の{n}文字だけを使って回答しました。",
+           "by_llm": "（LLM が出典に基づいて書いた回答です）",
+           "by_template": "（組み込みの回答です）",
+           "fell_back": "（LLM の回答は使えませんでした: {reason}。組み込みの回答を表示しています）"},
     "en": {"kicker": "Verdict", "abstain": "Out of scope", "abstain_note": "dotchi answers whether to use an LLM "
            "or a fine-tuned model for an NLP task.", "info": "No verdict",
            "info_note": "The question did not ask for a choice, so dotchi summarised the knowledge base.",
            "task": "Task", "deciding": "Decided at", "step": "step {step}, {name}",
            "clipped": "⚠️ Your question was longer than {limit} characters: its beginning and end were kept and "
                       "{cut} characters in the middle were left out.",
-           "truncated": "⚠️ Your question was longer than {n} characters; only the first {n} were used."},
+           "truncated": "⚠️ Your question was longer than {n} characters; only the first {n} were used.",
+           "by_llm": "(written by the LLM from the cited sources)",
+           "by_template": "(the built-in answer)",
+           "fell_back": "(the LLM's answer could not be used: {reason}; showing the built-in answer)"},
 }
 
 VERDICT_CSS = """
@@ -666,42 +677,51 @@ def render_hint(ui_lang: str, limit: int, empty: bool = False) -> str:
             f'<span class="empty" role="status">{_esc(text["empty_hint"])}</span></div>')
 
 
-def settings_markdown(settings: Settings, service: AnswerService, ui_lang: str) -> str:
+def settings_markdown(settings: Settings, pipeline: Pipeline, ui_lang: str) -> str:
     text = UI[ui_lang]
     rows = [(text["generator"], settings.generator), (text["store"], settings.describe_store()),
-            (text["chunks"], str(service.chunk_count)), (text["embedding"], settings.embedding_model),
+            (text["chunks"], str(pipeline.service.chunk_count)), (text["embedding"], settings.embedding_model),
             (text["max_chars"], str(settings.max_question_chars))]
     return "\n".join(f"- **{name}**: `{value}`" for name, value in rows)
+
+
+def writer_note(answer_lang: str, writer: str, note: str | None) -> str:
+    """Which writer answered, and after a fallback, why (shown only when an LLM is configured)."""
+    card = CARD[_lang(answer_lang)]
+    if note:
+        return card["fell_back"].format(reason=note)
+    return card["by_llm"] if writer == "llm" else card["by_template"]
 
 
 # --- app ---------------------------------------------------------------------------------------------------
 
 
-def _asker(service: AnswerService) -> Callable[[str, list[dict[str, str]]], Answer]:
-    """``ask(question, history)``: passes the chat history when the service's ``ask`` accepts ``history``."""
-    try:
-        takes_history = "history" in inspect.signature(service.ask).parameters
-    except (TypeError, ValueError):
-        takes_history = False
-
-    def ask(question: str, history: list[dict[str, str]]) -> Answer:
-        return service.ask(question, history=history) if takes_history else service.ask(question)
-
-    return ask
-
-
-def build_app(service: AnswerService) -> gr.Blocks:
-    """The dotchi Blocks app (queue already configured: two answers at a time)."""
-    settings, flow = service.settings, service.flow
-    ask = _asker(service)
+def build_app(answerer: Pipeline | AnswerService) -> gr.Blocks:
+    """The dotchi Blocks app over the answering pipeline (queue already configured: two answers at a time)."""
+    pipeline = answerer if isinstance(answerer, Pipeline) else Pipeline(answerer)
+    settings, flow = pipeline.service.settings, pipeline.service.flow
     limit = settings.max_question_chars
+    has_llm = "llm" in pipeline.writers
 
     def panels(data: dict | None, lang: str) -> tuple[str, str, str]:
         return render_verdict(flow, data, lang), render_flow(flow, data, lang), render_sources(data, lang)
 
-    def respond(message: str, history: list[dict], lang: str) -> Iterator[tuple[Any, ...]]:
-        """Chat handler: answer the question (over the limit, its beginning and end) with the chat so far as its
-        history, stream the answer line by line, then refresh the panels (an abstention clears them)."""
+    def grounded_data(event: AnswerEvent) -> dict:
+        """The panels' data before any prose: the grounding's verdict, path and reading, and its numbered
+        evidence as the sources (the final answer then lists exactly what it cites)."""
+        data = answer_shell(event.grounding).to_json()
+        data["citations"] = [
+            {"n": n, "title": str(c.metadata.get("title", "")), "section": str(c.metadata.get("section", "")),
+             "url": str(c.metadata.get("url", "")), "text": c.text, "chunk_id": c.id,
+             "lang": str(c.metadata.get("lang", ""))}
+            for n, c in enumerate(event.grounding.sources, start=1)
+        ]
+        return data
+
+    def respond(message: str, history: list[dict], lang: str, writer: str | None = None) -> Iterator[tuple[Any, ...]]:
+        """Chat handler: ground the question (over the limit, its beginning and end) with the chat so far as its
+        history and show the verdict card, flow and sources at once; then stream the writer's text (an
+        abstention clears the panels) and finish with the panels for exactly what the answer cites."""
         lang = _lang(lang)
         history = list(history or [])
         skip = gr.skip()
@@ -713,10 +733,28 @@ def build_app(service: AnswerService) -> gr.Blocks:
         question, cut = clip_question(message, limit)
         history.append({"role": "user", "content": question})
         yield history, "", skip, skip, skip, skip, render_hint(lang, limit)
+        name = "llm" if has_llm and writer in ("llm", "LLM") else "template"
+        text, pushed = "", 0.0
         try:
-            answer = ask(question, prior)
+            for event in pipeline.stream(question, prior, writer=name):
+                if event.kind == "grounded":
+                    data = grounded_data(event)
+                    history.append({"role": "assistant", "content": ""})
+                    yield (history, skip, *panels(None if event.grounding.abstained else data, lang), skip, skip)
+                elif event.kind == "delta":
+                    text += event.text
+                    if time.monotonic() - pushed >= STREAM_EVERY_S:
+                        history[-1] = {"role": "assistant", "content": text}
+                        pushed = time.monotonic()
+                        yield history, skip, skip, skip, skip, skip, skip
+                elif event.kind == "reset":
+                    text = ""
+                elif event.kind == "done" and event.answer is not None:
+                    answer = event.answer
         except Exception as exc:  # show the failure in the chat instead of a broken UI
             log.exception("answering failed")
+            if history and history[-1]["role"] == "assistant":
+                history.pop()
             history.append({"role": "assistant", "content": UI[lang]["error"].format(error=exc)})
             yield history, skip, skip, skip, skip, skip, skip
             return
@@ -727,16 +765,10 @@ def build_app(service: AnswerService) -> gr.Blocks:
             body = notice["clipped"].format(limit=f"{limit:,}", cut=f"{cut:,}") + "\n\n" + body
         elif answer.notice == "truncated":
             body = notice["truncated"].format(n=limit) + "\n\n" + body
-        lines = body.split("\n")
-        history.append({"role": "assistant", "content": ""})
-        for i in range(len(lines)):
-            history[-1] = {"role": "assistant", "content": "\n".join(lines[: i + 1])}
-            if i < len(lines) - 1:
-                if lines[i].strip():
-                    yield history, skip, skip, skip, skip, skip, skip
-                    time.sleep(STREAM_DELAY_S)
-                continue
-            yield (history, skip, *panels(data, lang), data, skip)
+        if has_llm and not answer.abstained:
+            body += "\n\n" + writer_note(answer.language, answer.writer, answer.writer_note)
+        history[-1] = {"role": "assistant", "content": body}
+        yield (history, skip, *panels(data, lang), data, skip)
 
     def clear(lang: str) -> tuple[Any, ...]:
         lang = _lang(lang)
@@ -749,13 +781,14 @@ def build_app(service: AnswerService) -> gr.Blocks:
                 gr.update(label=text["input"], placeholder=text["input_placeholder"]),
                 gr.update(value=text["send"]), gr.update(value=text["clear"]), text["examples"],
                 *panels(data, lang), render_hint(lang, limit), gr.update(label=text["settings"]),
-                settings_markdown(settings, service, lang))
+                settings_markdown(settings, pipeline, lang), gr.update(label=text["writer"]))
 
-    def ask_api(question: str, history: list[dict] | None = None) -> dict:
+    def ask_api(question: str, history: list[dict] | None = None, writer: str | None = None) -> dict:
         """Answer one question; returns the same JSON object as `python -m bot ask --json`. ``history``: the chat
         so far as messages ({"role": "user"|"assistant", "content": str}), read as in the chat (a follow-up keeps
-        the earlier facts; anything else stands alone)."""
-        return ask(question, chat_history(history)).to_json()
+        the earlier facts; anything else stands alone). ``writer``: "template" or "llm" (default: the LLM when
+        one is configured)."""
+        return pipeline.ask(question, chat_history(history), writer=writer).to_json()
 
     text = UI["ja"]
     with gr.Blocks(title="dotchi", analytics_enabled=False) as demo:
@@ -780,6 +813,10 @@ def build_app(service: AnswerService) -> gr.Blocks:
                             clear_btn = gr.Button(text["clear"], variant="secondary", elem_id="clear")
                     hint = gr.HTML(render_hint("ja", limit), elem_id="input-hint", css_template=HINT_CSS,
                                    js_on_load=INPUT_JS, apply_default_css=False)
+                    built_in, llm_label = text["writer_choices"].split("|")
+                    writer = gr.Radio([(built_in, "template"), (llm_label, "llm")],
+                                      value=pipeline.default_writer, label=text["writer"], visible=has_llm,
+                                      elem_id="writer")
                 with gr.Column(elem_id="examples"):
                     examples_label = gr.Markdown(text["examples"], elem_id="examples-label")
                     with gr.Row():
@@ -796,19 +833,20 @@ def build_app(service: AnswerService) -> gr.Blocks:
                 sources = gr.HTML(render_sources(None, "ja"), elem_id="sources-panel", css_template=SOURCES_CSS,
                                   js_on_load=SOURCES_JS, apply_default_css=False)
         with gr.Accordion(text["settings"], open=False, elem_id="settings") as accordion:
-            settings_md = gr.Markdown(settings_markdown(settings, service, "ja"))
+            settings_md = gr.Markdown(settings_markdown(settings, pipeline, "ja"))
 
         outputs = [chatbot, box, verdict, figure, sources, last, hint]
-        gr.on([box.submit, send.click], respond, inputs=[box, chatbot, lang], outputs=outputs, api_name="chat",
-              concurrency_id="answer", show_progress="hidden").then(None, js=AFTER_ANSWER_JS)
+        gr.on([box.submit, send.click], respond, inputs=[box, chatbot, lang, writer], outputs=outputs,
+              api_name="chat", concurrency_id="answer", show_progress="hidden").then(None, js=AFTER_ANSWER_JS)
         for button in example_buttons:  # an example is asked as it is
-            button.click(respond, inputs=[button, chatbot, lang], outputs=outputs, api_visibility="undocumented",
-                         concurrency_id="answer", show_progress="hidden").then(None, js=AFTER_ANSWER_JS)
+            button.click(respond, inputs=[button, chatbot, lang, writer], outputs=outputs,
+                         api_visibility="undocumented", concurrency_id="answer",
+                         show_progress="hidden").then(None, js=AFTER_ANSWER_JS)
         clear_btn.click(clear, inputs=[lang], outputs=outputs, api_visibility="undocumented", queue=False)
         chatbot.clear(clear, inputs=[lang], outputs=outputs, api_visibility="undocumented", queue=False)
         lang.change(switch_language, inputs=[lang, last],
                     outputs=[header, chatbot, box, send, clear_btn, examples_label, verdict, figure, sources, hint,
-                             accordion, settings_md], api_visibility="undocumented", queue=False)
+                             accordion, settings_md, writer], api_visibility="undocumented", queue=False)
         gr.api(ask_api, api_name="ask", concurrency_id="answer")
     demo.queue(default_concurrency_limit=2)
     return demo
@@ -824,11 +862,11 @@ def _auth(value: str | None) -> tuple[str, str] | None:
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
-    """Load the answering service once and serve the UI (blocks until interrupted)."""
-    service = AnswerService(settings)
-    if service.chunk_count == 0:
+    """Load the answering pipeline once and serve the UI (blocks until interrupted)."""
+    pipeline = Pipeline.from_settings(settings)
+    if pipeline.service.chunk_count == 0:
         print("dotchi: the store is empty; run `make ingest` (or `python -m ingest`) first.", flush=True)
-    app = build_app(service)
+    app = build_app(pipeline)
     app.launch(server_name=host or settings.host, server_port=port or settings.port, auth=_auth(settings.ui_auth),
                prevent_thread_lock=True, quiet=True, show_error=True)
     print(f"dotchi UI running at {app.local_url}", flush=True)

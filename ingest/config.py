@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     llm_model: str | None = None
     llm_api_key: SecretStr | None = None
     llm_timeout_s: float = Field(default=60.0, gt=0)
-    llm_gguf_path: Path | None = None
+    llm_max_tokens: int = Field(default=512, ge=16, le=8192)  # bounds a rambling local model's answer
 
     # --- UI ---
     host: str = "127.0.0.1"
