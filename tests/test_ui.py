@@ -270,3 +270,31 @@ def test_panels_follow_the_ui_language(service: AnswerService) -> None:
         assert all(c.name[lang] in figure for c in service.flow.conditions)
         assert ui.UI[lang]["sources_h"] in ui.render_sources(data, lang)
         assert ui.UI[lang]["keys"] in ui.render_hint(lang, 2000)
+
+
+CONCURRENT_QUESTIONS = [Q_JA, Q_EN, Q_OFF, Q_FOLLOW, "Summarising news articles: LLM or a fine-tuned model?"]
+
+
+def test_fifty_chats_from_ten_threads(client, service: AnswerService) -> None:
+    """The served app under load: 50 /ask calls from 10 threads (one gradio_client each) → no errors, and every
+    answer equals the sequential answer to the same question (timing fields aside)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client
+
+    def stable(data: dict) -> dict:
+        return {k: v for k, v in data.items() if k != "seconds"}
+
+    sequential = {q: stable(client.predict(q, api_name="/ask")) for q in CONCURRENT_QUESTIONS}
+    url = client.src
+
+    def worker(offset: int) -> list[tuple[str, dict]]:
+        own = Client(url, verbose=False)
+        asked = [CONCURRENT_QUESTIONS[(offset + i) % len(CONCURRENT_QUESTIONS)] for i in range(5)]
+        return [(q, stable(own.predict(q, api_name="/ask"))) for q in asked]
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = [pair for batch in pool.map(worker, range(10)) for pair in batch]
+    assert len(results) == 50
+    mismatched = [q for q, data in results if data != sequential[q]]
+    assert mismatched == []

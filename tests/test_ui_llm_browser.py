@@ -114,7 +114,7 @@ def test_ui_streams_a_real_llama_cpp_model(llm_server: dict, browser, tmp_path_f
     fell_back = card["fell_back"].split("{reason}")[0]
     if fell_back in answer:  # the model cited nothing (or failed): the built-in answer and the reason
         assert "no citations" in answer or "error:" in answer
-        assert expected.answer.split("\n")[0] in answer
+        assert expected.answer.split("\n")[0].strip("*") in answer  # the chat renders the markdown
         outcome = "fallback"
     else:
         assert card["by_llm"] in answer
