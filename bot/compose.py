@@ -92,6 +92,9 @@ T = {
 }
 FLIP_ANSWER = {"en": {True: "yes", False: "no"}, "ja": {True: "はい", False: "いいえ"}}
 _STATED = ("cue", "labels", "multi", "implied", "learned")  # how a condition the question settles was read
+_MARKERS = re.compile(r"\s?\[\d+\]")
+_MARKERS_N = re.compile(r"\[(\d+)\]")
+_HIRAGANA = re.compile(r"[\u3040-\u309f]+")
 _SENTENCE = re.compile(r"(?<=[。！？])|(?<=[.!?])\s+")
 
 
@@ -102,6 +105,7 @@ class Citation:
     title: str
     section: str
     url: str
+    support: str = ""  # the chunk's sentence most like the claim that cites it (the UI marks it)
 
     def to_json(self) -> dict:
         meta = self.chunk.metadata
@@ -117,6 +121,8 @@ class Citation:
         }
         if "page" in meta:
             out["page"] = meta["page"]
+        if self.support:
+            out["support"] = self.support
         return out
 
 
@@ -175,17 +181,18 @@ def _because(state: ConditionState, lang: str) -> str:
     return ""
 
 
-def evidence_requests(decision: Decision, flow: DecisionFlow) -> list[tuple[list[str], bool]]:
-    """Every (sections, exact) list ``compose_decision`` may cite from, so the grounding can fetch them up front."""
+def evidence_requests(decision: Decision, flow: DecisionFlow) -> list[tuple[list[str], bool, str | None]]:
+    """Every (sections, exact, task it is about) ``compose_decision`` may cite from, so the grounding can fetch
+    them up front."""
     stated = [s for s in decision.path if s is decision.deciding or s.why in _STATED]
     first_open = next((s for s in decision.path if s.holds is None), decision.path[0] if decision.path else None)
-    wanted: list[tuple[list[str], bool]] = [(s.condition.sections, False) for s in stated]
+    wanted: list[tuple[list[str], bool, str | None]] = [(s.condition.sections, False, None) for s in stated]
     if first_open is not None:
-        wanted.append((first_open.condition.sections, False))
+        wanted.append((first_open.condition.sections, False, None))
     if decision.task is not None:
-        wanted.append((decision.task.sections, False))
-    wanted += [(c.sections, False) for c in decision.considerations]
-    wanted.append(([flow.figure_section], True))
+        wanted.append((list(decision.task.sections), False, decision.task.id))
+    wanted += [(list(c.sections), False, None) for c in decision.considerations]
+    wanted.append(([flow.figure_section], True, None))
     return wanted
 
 
@@ -232,7 +239,7 @@ def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence
                 )
                 + " "
                 + task.finding[lang]
-                + cites.cite(evidence(task.sections))
+                + cites.cite(evidence(task.sections, about=task.id))
             )
         for cons in decision.considerations:
             if cons.favours in flow.outcomes:
@@ -282,7 +289,7 @@ def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence
                 )
             else:
                 line = t["task"].format(name=name, finding=task.finding[lang])
-            lines.append("- " + line + cites.cite(evidence(task.sections)))
+            lines.append("- " + line + cites.cite(evidence(task.sections, about=task.id)))
     lines += ["", t["path"] + cites.cite(evidence([flow.figure_section], exact=True))]
     for state in decision.path:
         lines.append(
@@ -329,6 +336,35 @@ def compose_content(chunks: list[StoredChunk], question: str, lang: str, cites: 
         heading = chunk.metadata.get("title", "")
         lines.append(f"- **{heading}**: {best_sentences(chunk.text, terms)}{cites.cite(chunk)}")
     return "\n".join(lines)
+
+
+def _content_terms(text: str) -> set[str]:
+    """Tokens that carry meaning for matching a claim to a sentence (no one-letter or all-hiragana tokens)."""
+    return {t for t in tokenize(text) if len(t) >= 2 and not _HIRAGANA.fullmatch(t)}
+
+
+def support_sentence(chunk_text: str, claim: str) -> str:
+    """The sentence of ``chunk_text`` most like ``claim`` (shared content terms, length-normalised); "" if none
+    shares a term."""
+    claim_terms = _content_terms(_MARKERS.sub("", claim))
+    best, best_score = "", 0.0
+    for sentence in (s.strip() for s in _SENTENCE.split(chunk_text)):
+        terms = _content_terms(sentence)
+        score = len(claim_terms & terms) / (len(terms) + 1) ** 0.5 if terms else 0.0
+        if score > best_score:
+            best, best_score = sentence, score
+    return best
+
+
+def mark_support(body: str, cites: Citations) -> None:
+    """Give each citation the sentence of its chunk that supports the first line citing it."""
+    done: set[int] = set()
+    for line in body.split("\n"):
+        for n in (int(m) for m in _MARKERS_N.findall(line)):
+            if n not in done and 1 <= n <= len(cites.items):
+                done.add(n)
+                item = cites.items[n - 1]
+                item.support = support_sentence(item.chunk.text, line)
 
 
 def with_sources(body: str, lang: str, cites: Citations) -> str:

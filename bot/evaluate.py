@@ -4,6 +4,7 @@ answer-language match, invalid citations and latency, per language and overall, 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
-from bot.answer import check_citations
+from bot.answer import Answer, check_citations
+from bot.knowledge import DecisionFlow
 from bot.pipeline import Pipeline
 from bot.service import AnswerService
 from ingest.config import Settings
@@ -28,6 +30,7 @@ class Result:
     seconds: float
     answer: str = ""
     debug: dict = field(default_factory=dict)
+    task_support: tuple[int, int] = (0, 0)  # (answer lines naming the task whose [n] names it too, such lines)
 
     @property
     def section_hit(self) -> bool | None:
@@ -45,6 +48,34 @@ class Result:
         if self.item.get("kind") != "decision":
             return None
         return self.verdict == self.item.get("expected_verdict")
+
+
+def task_support(answer: Answer, flow: DecisionFlow) -> tuple[int, int]:
+    """Of the answer's lines (not the source list) that name the matched task in their own words (quotes of the
+    question aside) and cite, how many cite a chunk that names the task too: (supported, lines)."""
+    task = next((t for t in flow.tasks if t.id == answer.task), None)
+    if task is None:
+        return 0, 0
+    names = [n.lower() for n in task.all_names if len(n) >= 2]
+    by_n = {c["n"]: f"{c.get('title', '')} {c.get('text', '')}".lower() for c in answer.citations}
+    supported = total = 0
+    for line in answer.answer.split("\n"):
+        if re.match(r"^- \[\d+\] ", line):  # the source list
+            continue
+        cited = [int(n) for n in re.findall(r"\[(\d+)\]", line)]
+        own_words = _QUOTED.sub("", line.lower())  # the user's words quoted as evidence are not the claim
+        if not cited or not _names_in(own_words, names):
+            continue
+        total += 1
+        supported += any(_names_in(by_n.get(n, ""), names) for n in cited)
+    return supported, total
+
+
+_QUOTED = re.compile(r"“[^”]*”|「[^」]*」")
+
+
+def _names_in(text: str, names: list[str]) -> bool:
+    return any(re.search(rf"(?<![a-z0-9]){re.escape(name)}(?![a-z0-9])", text) for name in names)
 
 
 def answered_as(abstained: bool, verdict: str | None) -> str:
@@ -85,6 +116,7 @@ def run(answerer: AnswerService | Pipeline, items: list[dict]) -> list[Result]:
                 answer.seconds,
                 answer.answer,
                 answer.debug,
+                task_support(answer, pipeline.service.flow),
             )
         )
     return results
@@ -110,6 +142,8 @@ def metrics(results: list[Result]) -> dict:
         "false_abstentions": sum(1 for r in did if not r.item.get("expect_abstain")),
         "language_match": _rate([r.language == r.item.get("lang", r.language) for r in results]),
         "invalid_citations": sum(r.invalid for r in results),
+        "reason_support_rate": _rate([True] * sum(r.task_support[0] for r in results)
+                                     + [False] * sum(r.task_support[1] - r.task_support[0] for r in results)),
         "latency_ms_p50": round(float(np.percentile(latencies, 50)), 1),
         "latency_ms_p95": round(float(np.percentile(latencies, 95)), 1),
     }
@@ -148,6 +182,7 @@ def table(summary: dict) -> str:
         "false_abstentions",
         "language_match",
         "invalid_citations",
+        "reason_support_rate",
         "latency_ms_p50",
         "latency_ms_p95",
     ]

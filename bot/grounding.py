@@ -13,7 +13,7 @@ from bot.engine import Decision
 from ingest.store import StoredChunk
 
 Kind = Literal["empty", "abstain", "decision", "content"]
-EvidenceKey = tuple[tuple[str, ...], bool]  # (sections, most specific first; exact)
+EvidenceKey = tuple[tuple[str, ...], bool, str | None]  # (sections, most specific first; exact; task id it is about)
 
 
 class MissingEvidence(KeyError):
@@ -26,8 +26,9 @@ class Evidence:
 
     found: dict[EvidenceKey, StoredChunk | None] = field(default_factory=dict)
 
-    def best(self, sections: Iterable[str], exact: bool = False) -> StoredChunk | None:
-        key = (tuple(sections), exact)
+    def best(self, sections: Iterable[str], exact: bool = False, about: str | None = None) -> StoredChunk | None:
+        """The chunk fetched for these sections (for a claim about task ``about``: one that names the task)."""
+        key = (tuple(sections), exact, about)
         if key not in self.found:
             raise MissingEvidence(key)
         return self.found[key]

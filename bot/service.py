@@ -21,6 +21,7 @@ from ingest.config import Settings
 from ingest.embeddings import Embedder, load_embedder
 from ingest.store import ChunkStore
 
+TASK_EVIDENCE_K = 8  # candidates per section when the claim is about a task (one that names the task is preferred)
 Condenser = Callable[[str, list], str]  # (question, history messages) -> standalone question
 __all__ = ["Answer", "AnswerService", "Gate", "check_citations", "previous_user_message"]
 
@@ -171,20 +172,25 @@ class AnswerService:
 
     def fetch_evidence(self, decision: Decision, vector: np.ndarray, lang: str) -> Evidence:
         """The best chunk for each section list the decision's answer may cite: the first section (most specific
-        first) that has a chunk wins, as the writer would have asked for it."""
+        first) that has a chunk wins, as the writer asks for it. For a claim about the task, the best chunk that
+        names the task (any of its names), else the best one."""
         evidence, doc = Evidence(), self.flow.doc_id
-        for sections, exact in evidence_requests(decision, self.flow):
-            key = (tuple(sections), exact)
+        tasks = {t.id: t for t in self.flow.tasks}
+        for sections, exact, about in evidence_requests(decision, self.flow):
+            key = (tuple(sections), exact, about)
             if key in evidence.found:
                 continue
-            evidence.found[key] = next(
-                (
-                    found[0][0]
-                    for section in sections
-                    if (found := self.retriever.best_in_sections(vector, [section], doc, lang, exact=exact))
-                ),
-                None,
-            )
+            names = [n.lower() for n in tasks[about].all_names if len(n) >= 2] if about in tasks else []
+            first, naming = None, None
+            for section in sections:
+                found = self.retriever.best_in_sections(
+                    vector, [section], doc, lang, k=TASK_EVIDENCE_K if names else 1, exact=exact
+                )
+                first = first or (found[0][0] if found else None)
+                naming = next((c for c, _ in found if _names_any(c, names)), None)
+                if naming is not None or (first is not None and not names):
+                    break
+            evidence.found[key] = naming or first
         return evidence
 
     @staticmethod
@@ -215,6 +221,13 @@ class AnswerService:
             out.append(self.flow.figure_section)
         known = set(self.retriever.sections)
         return [s for s in dict.fromkeys(out) if s in known]
+
+
+def _names_any(chunk, names: list[str]) -> bool:
+    """Whether a chunk's title or text names any of ``names`` (lower-cased; Latin names as whole words, so "ner"
+    is not found in "general")."""
+    text = f"{chunk.metadata.get('title', '')} {chunk.text}".lower()
+    return any(re.search(rf"(?<![a-z0-9]){re.escape(name)}(?![a-z0-9])", text) for name in names)
 
 
 def _restore_case(decision: Decision, text: str, lowered: str) -> None:

@@ -15,7 +15,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.runnables import Runnable, RunnableLambda
 
 from bot.answer import Answer
-from bot.compose import Citations, T, compose_content, compose_decision, with_sources
+from bot.compose import Citations, T, compose_content, compose_decision, mark_support, with_sources
 from bot.grounding import Grounding
 from bot.knowledge import DecisionFlow, Source
 from bot.prompts import ANSWER_PROMPT, FENCES, LANGUAGE_NAMES
@@ -88,6 +88,7 @@ class TemplateWriter:
             body = compose_decision(g.decision, self.flow, lang, g.evidence.best, cites)
         else:
             body = compose_content(g.content, g.text, lang, cites)
+        mark_support(body, cites)
         answer.answer = with_sources(body, lang, cites)
         answer.citations = [c.to_json() for c in cites.items]
         return answer
@@ -189,6 +190,7 @@ class LLMWriter:
         for n in kept:
             cites.cite(g.sources[n - 1])
         answer.answer = renumber(text, kept).strip()
+        mark_support(answer.answer, cites)
         answer.citations = [c.to_json() for c in cites.items]
         answer.writer = self.name
         if dropped:

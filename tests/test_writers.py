@@ -86,3 +86,17 @@ def test_answers_equal_through_every_history_shape(bot_service: AnswerService) -
     ]
     assert answers[0] == answers[1] == answers[2]
     assert answers[0]["follow_up"] is True
+
+
+def test_task_claim_cites_a_chunk_naming_the_task_and_marks_its_support(bot_service: AnswerService) -> None:
+    """NER with plenty of labels: the line about the task cites a chunk that names NER (not the sentiment card,
+    which only contains "ner" inside "general"), and every citation carries its supporting sentence."""
+    answer = bot_service.ask("Named entity recognition with 50k labelled sentences: LLM or fine-tune?")
+    assert answer.task == "ner"
+    task_line = next(line for line in answer.answer.split("\n") if "**named entity recognition**" in line)
+    (n,) = {int(m) for m in __import__("re").findall(r"\[(\d+)\]", task_line)}
+    cited = answer.citations[n - 1]
+    assert "ner" in cited["text"].lower().replace("general", "") or "named entit" in cited["text"].lower()
+    assert "CoNLL" in cited["support"]  # the sentence that carries the claim's finding
+    for citation in answer.citations:
+        assert citation["support"] and citation["support"] in citation["text"]
