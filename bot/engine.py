@@ -16,6 +16,7 @@ import numpy as np
 from bot.knowledge import Condition, Consideration, DecisionFlow, Task
 from bot.lexicon import Lexicon, load_lexicon
 from bot.text import tokenize_cached
+from ingest.text import ASCII_WORD, CJK, stem
 
 
 def _number_pattern(units: tuple[str, ...]) -> re.Pattern[str]:
@@ -29,7 +30,6 @@ def _number_pattern(units: tuple[str, ...]) -> re.Pattern[str]:
 
 
 _number_pattern = cache(_number_pattern)
-_KANA_OR_HAN = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")
 
 
 @dataclass
@@ -90,46 +90,10 @@ class Decision:
     caveats: list[str] = field(default_factory=list)  # "task": the task's finding, measured in another regime
 
 
-_SUFFIXES = (
-    "izations",
-    "ization",
-    "isation",
-    "ations",
-    "ation",
-    "izing",
-    "ising",
-    "izes",
-    "ises",
-    "ized",
-    "ised",
-    "ize",
-    "ise",
-    "ings",
-    "ing",
-    "ions",
-    "ion",
-    "ers",
-    "er",
-    "ed",
-    "es",
-    "s",
-    "e",
-)
-_ASCII_WORD = re.compile(r"[a-z0-9]+")
-
-
-def _stem(word: str) -> str:
-    for suffix in _SUFFIXES:
-        if word.endswith(suffix) and len(word) - len(suffix) >= 4:
-            word = word[: -len(suffix)]
-            break
-    return word[:-1] if word.endswith("i") and len(word) > 4 else word  # "summari(es)" ~ "summar(ization)"
-
-
 @lru_cache(maxsize=16384)
 def stem_text(text: str) -> str:
     """Space-separated stems ("summarize meeting notes" -> "summar meet note"), for inflection-proof matching."""
-    return " " + " ".join(_stem(w) for w in _ASCII_WORD.findall(text)) + " "
+    return " " + " ".join(stem(w) for w in ASCII_WORD.findall(text)) + " "
 
 
 @cache
@@ -193,7 +157,7 @@ def label_count(text: str, lexicon: Lexicon | None = None) -> int | None:
             counts.append((m.start(), m.end(), value))
     for m in _number_pattern(tuple(lex.units)).finditer(text):
         following = text[m.end() : m.end() + 1]
-        if following and _KANA_OR_HAN.match(following) and following not in lex.counters:
+        if following and CJK.match(following) and following not in lex.counters:
             continue  # "1クエリ", "3ヶ月": a number, but not a count of examples
         raw = m.group("num").replace(",", "")
         try:
@@ -428,7 +392,7 @@ class DecisionEngine:
 
 
 def _terms(text: str) -> frozenset[str]:
-    return frozenset(_stem(t) for t in tokenize_cached(text))
+    return frozenset(tokenize_cached(text))  # tokenize already stems
 
 
 def _coverage(alias_terms: frozenset[str], question_terms: frozenset[str]) -> float:
