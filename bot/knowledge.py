@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -248,3 +249,41 @@ def load_sources(path: Path) -> dict[str, Source]:
             remarks={str(k): str(v) for k, v in (s.get("remarks") or {}).items()},
         )
     return out
+
+
+@dataclass(frozen=True)
+class ContentAsks:
+    """How content questions are read (``corpus/content.toml``): list, definition and count asks, and the
+    abbreviations that do not end a sentence."""
+
+    list_asks: tuple[re.Pattern[str], ...] = ()
+    definition_asks: tuple[re.Pattern[str], ...] = ()
+    definition_cues: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    definition_titles: tuple[str, ...] = ()
+    abbreviations: frozenset[str] = frozenset()
+    counts: dict[str, int] = field(default_factory=dict)
+    count_patterns: tuple[re.Pattern[str], ...] = ()
+
+
+def load_content_asks(path: Path) -> ContentAsks:
+    data = _read_toml(path)
+
+    def patterns(key: str) -> tuple[re.Pattern[str], ...]:
+        out = []
+        for i, pattern in enumerate(data.get(key, [])):
+            try:
+                out.append(re.compile(str(pattern), re.IGNORECASE))
+            except re.error as exc:
+                raise KnowledgeError(f"{path}: {key}[{i}] is not a valid regex ({exc})") from exc
+        return tuple(out)
+
+    counts = data.get("count_pattern", {})
+    return ContentAsks(
+        list_asks=patterns("list_asks"),
+        definition_asks=patterns("definition_asks"),
+        definition_cues={lang: tuple(data.get(f"definition_cues_{lang}", [])) for lang in ("en", "ja")},
+        definition_titles=tuple(str(w).lower() for w in data.get("definition_titles", [])),
+        abbreviations=frozenset(str(a).lower() for a in data.get("abbreviations", [])),
+        counts={str(k).lower(): int(v) for k, v in data.get("counts", {}).items()},
+        count_patterns=tuple(re.compile(str(counts[lang]), re.IGNORECASE) for lang in ("en", "ja") if lang in counts),
+    )

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bot.compose import Citations, T, compose_content, compose_decision, with_sources
+from bot.compose import Citations, T, compose_content, compose_decision, content_chunks, with_sources
 from bot.engine import Decision, DecisionEngine, asks_about_survey
-from bot.knowledge import load_flow, load_sources
+from bot.knowledge import load_content_asks, load_flow, load_sources
 from bot.retrieval import HybridRetriever
 from bot.text import clip_question, detect_language, normalize_question, tokenize
 from ingest.config import Settings
@@ -81,6 +81,7 @@ class AnswerService:
         self.retriever = HybridRetriever(self.store, self.embedder)
         self.flow = load_flow(settings.corpus_dir / "decision_flow.toml")
         self.sources = load_sources(settings.corpus_dir / "sources.toml")
+        self.asks = load_content_asks(settings.corpus_dir / "content.toml")
         self.engine = DecisionEngine(self.flow, self.embedder.encode_queries, self.embedder.encode_documents)
         self.gate = gate or Gate()
         self.turns = None
@@ -208,27 +209,12 @@ class AnswerService:
                 for section in self.referenced_sections(lowered)
                 if (found := self.retriever.best_in_sections(vector, [section], self.flow.doc_id, lang))
             ]
-            chosen = self._content_chunks(hits, lang, first=referenced)
-            body = compose_content(chosen, text, lang, cites)
+            chosen = content_chunks(hits, lang, self.flow.doc_id, first=referenced)
+            body = compose_content(chosen, text, lang, cites, self.asks)
             answer = Answer(raw, lang, None, False, "", [], [], notice=notice, debug=debug)
         answer.answer = with_sources(body, lang, cites)
         answer.citations = [c.to_json() for c in cites.items]
         return self._finish(answer, started, follow_up is not None)
-
-    @staticmethod
-    def _content_chunks(hits, lang: str, limit: int = 3, first=()):
-        """Chunks of sections the question names, then the top fused hits (one per source file), the question's
-        language first, at most ``limit``."""
-        top, seen = list(first)[:limit], {c.metadata.get("source_path") for c in first}
-        for hit in hits[:8]:
-            path = hit.chunk.metadata.get("source_path")
-            if path not in seen:
-                seen.add(path)
-                top.append(hit.chunk)
-        top = top[:6]
-        same = [c for c in top if c.metadata.get("lang") == lang]
-        other = [c for c in top if c.metadata.get("lang") != lang]
-        return (same + other)[:limit]
 
     def referenced_sections(self, lowered: str) -> list[str]:
         """Survey sections a question names: "Remark 8", "section 4.1", "§5.2", "4.3節", "Figure 2" / 「図2」."""
