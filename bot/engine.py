@@ -179,17 +179,18 @@ def label_count(text: str, lexicon: Lexicon | None = None) -> int | None:
 
 # A catalog task is taken from embeddings alone only above this similarity (tuned on the dev set: below it the
 # nearest task was as often wrong as right, and a wrong task invents conflicts).
-SEMANTIC_TASK_MIN = 0.90
-
-
 class RuleReader:
     """The hand-written reading: cue phrases and aliases from ``decision_flow.toml``, intent cues from the lexicon.
     Kept as the fallback and for side-by-side evaluation against the learned reader."""
 
     name = "rules"
 
-    def __init__(self, flow: DecisionFlow, lexicon: Lexicon | None = None, embed_documents=None) -> None:
+    def __init__(
+        self, flow: DecisionFlow, lexicon: Lexicon | None = None, embed_documents=None, semantic_task_min: float = 0.90
+    ) -> None:
+        """``semantic_task_min``: the cosine bar for naming a task by meaning alone (Settings.semantic_task_min)."""
         self.flow = flow
+        self.semantic_task_min = semantic_task_min
         self.lexicon = lexicon or load_lexicon()
         self.task_matrix: np.ndarray | None = None
         for task in flow.tasks:  # warm the alias-term cache so the first question is not slow
@@ -261,7 +262,7 @@ class RuleReader:
         ``follow_up``, what the follow-up itself states (cues, label counts) overrides the earlier facts."""
         tasks = self.match_tasks(text, vector)
         lexical = [t for t, s in tasks if s >= 1.0]
-        semantic_ok = bool(tasks) and tasks[0][1] >= SEMANTIC_TASK_MIN
+        semantic_ok = bool(tasks) and tasks[0][1] >= self.semantic_task_min
         task = tasks[0][0] if tasks and (lexical or semantic_ok) else None
         score = tasks[0][1] if tasks else 0.0
         named = [t for t, s in tasks if s >= 1.01]  # whole aliases only: partial matches don't count as named tasks
@@ -302,9 +303,11 @@ def numeric_state(cond: Condition, count: int) -> ConditionState | None:
 class DecisionEngine:
     """Walks Figure 2 over a question's reading; the reader (rules by default, or the learned one) is pluggable."""
 
-    def __init__(self, flow: DecisionFlow, embed_queries=None, embed_documents=None, reader=None) -> None:
+    def __init__(
+        self, flow: DecisionFlow, embed_queries=None, embed_documents=None, reader=None, semantic_task_min: float = 0.90
+    ) -> None:
         self.flow = flow
-        self.rules = RuleReader(flow, embed_documents=embed_documents)
+        self.rules = RuleReader(flow, embed_documents=embed_documents, semantic_task_min=semantic_task_min)
         self.reader = reader or self.rules
 
     def decide(

@@ -78,11 +78,18 @@ class AnswerService:
         self.settings = settings
         self.embedder = embedder or load_embedder(settings)
         self.store = store or ChunkStore(settings)
-        self.retriever = HybridRetriever(self.store, self.embedder)
+        self.retriever = HybridRetriever(
+            self.store, self.embedder, rrf_k=settings.rrf_k, per_list=settings.retrieval_per_list
+        )
         self.flow = load_flow(settings.corpus_dir / "decision_flow.toml")
         self.sources = load_sources(settings.corpus_dir / "sources.toml")
         self.asks = load_content_asks(settings.corpus_dir / "content.toml")
-        self.engine = DecisionEngine(self.flow, self.embedder.encode_queries, self.embedder.encode_documents)
+        self.engine = DecisionEngine(
+            self.flow,
+            self.embedder.encode_queries,
+            self.embedder.encode_documents,
+            semantic_task_min=settings.semantic_task_min,
+        )
         self.gate = gate or Gate()
         self.turns = None
         if settings.reader == "learned":
@@ -151,7 +158,9 @@ class AnswerService:
         reading = decision.reading
         _restore_case(decision, text, lowered)
         extra = [name for t in ([decision.task] if decision.task else []) for name in t.all_names[:6]]
-        hits = self.retriever.search(text, k=8, extra_terms=tokenize(" ".join(extra)), vector=vector)
+        hits = self.retriever.search(
+            text, k=self.settings.retrieval_k, extra_terms=tokenize(" ".join(extra)), vector=vector
+        )
         top_dense = max((h.dense for h in hits), default=0.0)
         matched = reading.intent != "offtopic" and (
             reading.task_named or decision.cue_hit or asks_about_survey(lowered)
