@@ -10,6 +10,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ingest.sources import Source as Source  # re-exported: the one sources.toml reader lives in ingest
+from ingest.sources import load_sources as load_sources
+
 VERDICTS = ("llm", "fine_tuned", "neither", "depends")
 PROVENANCES = ("survey", "flow")  # the survey evaluated the task / only Figure 2's conditions give its verdict
 
@@ -82,25 +85,6 @@ class DecisionFlow:
 
     def condition(self, cid: str) -> Condition:
         return next(c for c in self.conditions if c.id == cid)
-
-
-@dataclass(frozen=True)
-class Source:
-    doc_id: str
-    title: str
-    authors: tuple[str, ...]
-    year: int | None
-    url: str
-    lang: str
-    remarks: dict[str, str] = field(default_factory=dict)  # remark number -> section
-
-    @property
-    def cite_as(self) -> str:
-        """Short attribution, e.g. 'Yang et al. (2023)'."""
-        if len(self.authors) > 1:
-            first = self.authors[0].split()[-1]
-            return f"{first} et al. ({self.year})" if self.year else f"{first} et al."
-        return self.title
 
 
 def _need(table: dict, key: str, where: str, file: Path):
@@ -231,24 +215,6 @@ def load_flow(path: Path) -> DecisionFlow:
         tasks=tuple(tasks),
         considerations=tuple(considerations),
     )
-
-
-def load_sources(path: Path) -> dict[str, Source]:
-    data = _read_toml(path)
-    out = {}
-    for i, s in enumerate(data.get("sources", [])):
-        where = f"sources[{i}]"
-        doc_id = str(_need(s, "doc_id", where, path))
-        out[doc_id] = Source(
-            doc_id=doc_id,
-            title=str(_need(s, "title", where, path)),
-            authors=tuple(str(a) for a in s.get("authors", [])),
-            year=int(s["year"]) if s.get("year") else None,
-            url=str(s.get("url", "")),
-            lang=str(s.get("lang", "en")),
-            remarks={str(k): str(v) for k, v in (s.get("remarks") or {}).items()},
-        )
-    return out
 
 
 @dataclass(frozen=True)
