@@ -11,7 +11,7 @@ from bot.engine import ConditionState, Decision
 from bot.knowledge import ContentAsks, DecisionFlow, Source
 from bot.text import tokenize
 from ingest.store import StoredChunk
-from ingest.text import CJK
+from ingest.text import CJK, HAN_RANGES, KANA_RANGES
 
 T = {
     "en": {
@@ -301,9 +301,10 @@ def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence
 _ITEM = re.compile(r"^\s*(?:[-*•・]\s+|(?P<num>\d{1,2})[.)]\s+|\((?P<paren>\d{1,2})\)\s*)")
 # A sentence may end at 。 (always), or at . ! ? (plus closing quotes/brackets) before whitespace; ! and ? also
 # before a Japanese letter (NFKC turns ！？ into !?).
-_JA_END = re.compile(r"[。][」』)\]]*|[!?][」』)\]]*(?=[\u3040-\u30ff\u3400-\u9fff])")
+_JA_END = re.compile(rf"[。][」』)\]]*|[!?][」』)\]]*(?=[{KANA_RANGES}{HAN_RANGES}])")
 _EN_END = re.compile(r"[.!?][\"'”’)\]]*(?=\s)")
-_NEXT_STARTS = re.compile(r"\s*[\"'“‘(\[]?[A-Z0-9\u3040-\u30ff\u3400-\u9fff]")
+_NEXT_STARTS = re.compile(rf"\s*[\"'“‘(\[]?[A-Z0-9{KANA_RANGES}{HAN_RANGES}]")
+_COMPLETE = re.compile(r"[.!?。][\"'”’)）」』\]]*$")
 _LAST_WORD = re.compile(r"(?:^|\s|\()(\S+)$")
 
 
@@ -404,8 +405,9 @@ def best_sentences(
     text: str, question_terms: set[str], limit: int = 2, abbreviations: frozenset[str] = frozenset()
 ) -> list[str]:
     """Up to ``limit`` whole sentences (or list items) of a chunk sharing the most terms with the question, in
-    their original order. A sentence that introduces a list (ending in a colon) is not used without its list."""
-    found = [p for p in pieces(text, abbreviations) if not p.text.rstrip().endswith((":", "："))]
+    their original order. Only pieces that end like a sentence: a sentence introducing a list (ending in a colon),
+    an item ending in ";" or a heading-like line means little without its context."""
+    found = [p for p in pieces(text, abbreviations) if _COMPLETE.search(p.text)]
     ranked = sorted(range(len(found)), key=lambda i: (-len(question_terms & set(tokenize(found[i].text))), i))
     return [found[i].text for i in sorted(ranked[:limit])]
 
@@ -471,9 +473,12 @@ def compose_content(
             index, found = min(listed, key=lambda x: (-len(terms & set(tokenize(_title(chunks[x[0]])))), x[0]))
             lines += [f"**{_title(chunks[index])}**{cites.cite(chunks[index])}", *found, ""]
             rest = chunks[:index] + chunks[index + 1 :]
-    limit = 1 if len(lines) > 2 else 3
-    for chunk in rest:
+    limit = 1 if len(lines) > 2 else 4  # the first source gets room unless a list or definition led
+    specific = terms - asks.generic_terms
+    for position, chunk in enumerate(rest):
         chosen = best_sentences(chunk.text, terms, limit, asks.abbreviations)
+        if position and not specific & set(tokenize(" ".join(chosen))):
+            continue  # a further chunk must share a specific word with the question, not only "survey" or "say"
         if chosen:
             heading = chunk.metadata.get("title", "")
             lines.append(f"- **{heading}**: {_join(chosen, lang)}{cites.cite(chunk)}")

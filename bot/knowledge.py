@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bot.text import tokenize
 from ingest.sources import Source as Source  # re-exported: the one sources.toml reader lives in ingest
 from ingest.sources import load_sources as load_sources
 
@@ -226,6 +227,7 @@ class ContentAsks:
     definition_asks: tuple[re.Pattern[str], ...] = ()
     definition_cues: dict[str, tuple[str, ...]] = field(default_factory=dict)
     definition_titles: tuple[str, ...] = ()
+    generic_terms: frozenset[str] = frozenset()
     abbreviations: frozenset[str] = frozenset()
     counts: dict[str, int] = field(default_factory=dict)
     count_patterns: tuple[re.Pattern[str], ...] = ()
@@ -248,6 +250,7 @@ def load_content_asks(path: Path) -> ContentAsks:
         list_asks=patterns("list_asks"),
         definition_asks=patterns("definition_asks"),
         definition_cues={lang: tuple(data.get(f"definition_cues_{lang}", [])) for lang in ("en", "ja")},
+        generic_terms=frozenset(t for w in data.get("generic_words", []) for t in tokenize(str(w))),
         definition_titles=tuple(str(w).lower() for w in data.get("definition_titles", [])),
         abbreviations=frozenset(str(a).lower() for a in data.get("abbreviations", [])),
         counts={str(k).lower(): int(v) for k, v in data.get("counts", {}).items()},
