@@ -10,6 +10,7 @@ from pathlib import PurePath
 from bot.engine import ConditionState, Decision
 from bot.knowledge import ContentAsks, DecisionFlow, Source
 from bot.text import tokenize
+from ingest.chunking import weighted_len
 from ingest.store import StoredChunk
 from ingest.text import CJK, HAN_RANGES, KANA_RANGES
 
@@ -412,6 +413,25 @@ def best_sentences(
     return [found[i].text for i in sorted(ranked[:limit])]
 
 
+TOPIC_BUDGET = 900  # weighted characters (CJK count 2) of a card about the asked topic quoted from its start
+
+
+def lead_sentences(text: str, budget: int, abbreviations: frozenset[str] = frozenset()) -> list[str]:
+    """The chunk's complete sentences from its start, in order, while they fit ``budget`` weighted characters (at
+    least one): a card about the asked topic reads best as written."""
+    out: list[str] = []
+    used = 0
+    for piece in pieces(text, abbreviations):
+        if not _COMPLETE.search(piece.text):
+            continue
+        size = weighted_len(piece.text)
+        if out and used + size > budget:
+            break
+        out.append(piece.text)
+        used += size
+    return out
+
+
 def _definition(chunks: list[StoredChunk], term: str, asks: ContentAsks) -> tuple[int, str] | None:
     """(chunk index, sentence) of the sentence that best defines ``term``: it names the term and uses a defining
     word ("is", "refers to", 「とは」, 「を指す」); one that opens with the term ("An LLM, in their usage, is",
@@ -476,7 +496,10 @@ def compose_content(
     limit = 1 if len(lines) > 2 else 4  # the first source gets room unless a list or definition led
     specific = terms - asks.generic_terms
     for position, chunk in enumerate(rest):
-        chosen = best_sentences(chunk.text, terms, limit, asks.abbreviations)
+        if limit > 1 and specific & set(tokenize(_title(chunk))):
+            chosen = lead_sentences(chunk.text, TOPIC_BUDGET, asks.abbreviations)  # a card about the very topic
+        else:
+            chosen = best_sentences(chunk.text, terms, limit, asks.abbreviations)
         if position and not specific & set(tokenize(" ".join(chosen))):
             continue  # a further chunk must share a specific word with the question, not only "survey" or "say"
         if chosen:

@@ -98,13 +98,14 @@ def test_definition_comes_first() -> None:
 
 
 def test_plain_answer_quotes_complete_sentences_and_only_related_sources() -> None:
-    """A further source that shares only "survey"/"say" with the question is left out; list items ending in ";"
-    and heading-like lines are not quoted on their own."""
+    """A card about the asked topic is quoted from its start; a further source that shares only "survey"/"say"
+    with the question is left out; list items ending in ";" and heading-like lines are not quoted on their own."""
     chunks = [card("en/yang2023harnessing/5.3-hallucinations.md"),
               card("en/yang2023harnessing/3.2-label-count-rule-of-thumb.md")]
     cites = Citations(SOURCES)
     answer = compose_content(chunks, "What does the survey say about hallucination?", "en", cites, ASKS)
     assert [c.chunk.id for c in cites.items] == [chunks[0].id]
+    assert answer.index("nonsensical or untrue") < answer.index("healthcare")  # the topic card, read as written
     labels = compose_content(chunks[1:], "What does the survey say about 1,000 labels?", "en", Citations(SOURCES), ASKS)
     assert "walk continues;" not in labels and answer.count("[1]") == 1
 
