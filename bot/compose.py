@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 from bot.engine import ConditionState, Decision
-from bot.knowledge import DecisionFlow, Source
+from bot.knowledge import ContentAsks, DecisionFlow, Source
 from bot.text import tokenize
+from ingest.chunking import weighted_len
 from ingest.store import StoredChunk
+from ingest.text import CJK, HAN_RANGES, KANA_RANGES
 
 T = {
     "en": {
@@ -95,7 +98,6 @@ _STATED = ("cue", "labels", "multi", "implied", "learned")  # how a condition th
 _MARKERS = re.compile(r"\s?\[\d+\]")
 _MARKERS_N = re.compile(r"\[(\d+)\]")
 _HIRAGANA = re.compile(r"[\u3040-\u309f]+")
-_SENTENCE = re.compile(r"(?<=[。！？])|(?<=[.!?])\s+")
 
 
 @dataclass
@@ -318,24 +320,241 @@ def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence
     return "\n".join(lines)
 
 
-def best_sentences(text: str, question_terms: set[str], limit: int = 2) -> str:
-    """The sentences of a chunk that share the most terms with the question (kept in their original order)."""
-    sentences = [s.strip() for s in _SENTENCE.split(text) if s and s.strip()]
-    if len(sentences) <= limit:
-        return " ".join(sentences) if sentences else text.strip()
-    scored = sorted(range(len(sentences)), key=lambda i: -len(question_terms & set(tokenize(sentences[i]))))
-    keep = sorted(scored[:limit])
-    separator = "" if any("。" in s for s in sentences) else " "  # Japanese sentences join without spaces
-    return separator.join(sentences[i] for i in keep)
+# ------------------------------------------------------------------------------------------- content answers
+_ITEM = re.compile(r"^\s*(?:[-*•・]\s+|(?P<num>\d{1,2})[.)]\s+|\((?P<paren>\d{1,2})\)\s*)")
+# A sentence may end at 。 (always), or at . ! ? (plus closing quotes/brackets) before whitespace; ! and ? also
+# before a Japanese letter (NFKC turns ！？ into !?).
+_JA_END = re.compile(rf"[。][」』)\]]*|[!?][」』)\]]*(?=[{KANA_RANGES}{HAN_RANGES}])")
+_EN_END = re.compile(r"[.!?][\"'”’)\]]*(?=\s)")
+_NEXT_STARTS = re.compile(rf"\s*[\"'“‘(\[]?[A-Z0-9{KANA_RANGES}{HAN_RANGES}]")
+_COMPLETE = re.compile(r"[.!?。][\"'”’)）」』\]]*$")
+_LAST_WORD = re.compile(r"(?:^|\s|\()(\S+)$")
 
 
-def compose_content(chunks: list[StoredChunk], question: str, lang: str, cites: Citations) -> str:
+@dataclass(frozen=True)
+class Piece:
+    """A whole sentence, or a whole list item, of a chunk."""
+
+    text: str
+    block: int  # paragraph or item index within the chunk
+    item: bool = False  # a list item (its marker removed)
+
+
+def _ends_sentence(text: str, end: int, abbreviations: frozenset[str]) -> bool:
+    """Whether the full stop (or ! ?) just before ``end`` closes a sentence: not after an abbreviation ("Sec.",
+    "e.g.", "et al.") or an initial ("J."), and only before a capital, a digit or a Japanese letter."""
+    if not _NEXT_STARTS.match(text, end):
+        return False
+    word = _LAST_WORD.search(text[:end].rstrip("\"'”’)]"))
+    last = word.group(1).lower().lstrip("(\"'“‘[") if word else ""
+    if last in abbreviations or re.fullmatch(r"\(?[a-z]\.", last):
+        return False
+    return not (last == "al." and text[:end].lower().rstrip().endswith("et al."))
+
+
+def split_sentences(text: str, abbreviations: frozenset[str] = frozenset()) -> list[str]:
+    """Whole sentences of one paragraph or item, in order (Japanese and English; abbreviations do not split)."""
+    cuts = {m.end() for m in _JA_END.finditer(text)}
+    cuts |= {m.end() for m in _EN_END.finditer(text) if _ends_sentence(text, m.end(), abbreviations)}
+    out, start = [], 0
+    for cut in sorted(cuts):
+        if text[start:cut].strip():
+            out.append(text[start:cut].strip())
+        start = cut
+    if text[start:].strip():
+        out.append(text[start:].strip())
+    return out
+
+
+def pieces(text: str, abbreviations: frozenset[str] = frozenset()) -> list[Piece]:
+    """A chunk cut into whole sentences and whole list items (markers removed), in reading order."""
+    blocks: list[tuple[str, bool]] = []
+    for line in text.splitlines():
+        if not line.strip():
+            blocks.append(("", False))
+            continue
+        marker = _ITEM.match(line)
+        if marker:
+            blocks.append((line[marker.end() :].strip(), True))
+        elif blocks and blocks[-1][0] and not blocks[-1][1]:
+            blocks[-1] = (blocks[-1][0] + " " + line.strip(), False)  # a wrapped line of the same paragraph
+        elif blocks and blocks[-1][1] and line[:1].isspace():
+            blocks[-1] = (blocks[-1][0] + " " + line.strip(), True)  # an indented continuation of an item
+        else:
+            blocks.append((line.strip(), False))
+    out: list[Piece] = []
+    for index, (block, item) in enumerate(b for b in blocks if b[0]):
+        if item:
+            out.append(Piece(block, index, True))
+        else:
+            out += [Piece(sentence, index) for sentence in split_sentences(block, abbreviations)]
+    return out
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a content question asks for: ``kind`` "list" (every point), "count" (``n`` points), "definition" (of
+    ``term``) or "plain"."""
+
+    kind: str = "plain"
+    n: int = 0
+    term: str = ""
+
+
+def read_ask(question: str, asks: ContentAsks) -> Ask:
+    """The kind of content ask, from the patterns in ``corpus/content.toml``."""
+    for pattern in asks.count_patterns:
+        found = pattern.search(question)
+        if found and found.group("n").lower() in asks.counts:
+            return Ask("count", asks.counts[found.group("n").lower()])
+    for pattern in asks.definition_asks:
+        found = pattern.search(question)
+        if found and found.group("term").strip(" 「」『』\"'"):
+            return Ask("definition", term=found.group("term").strip(" 「」『』\"'"))
+    if any(p.search(question) for p in asks.list_asks):
+        return Ask("list")
+    return Ask()
+
+
+def _title(chunk: StoredChunk) -> str:
+    return str(chunk.metadata.get("title", ""))
+
+
+def _join(parts: list[str], lang: str) -> str:
+    return ("" if lang == "ja" else " ").join(parts)
+
+
+def best_sentences(
+    text: str, question_terms: set[str], limit: int = 2, abbreviations: frozenset[str] = frozenset()
+) -> list[str]:
+    """Up to ``limit`` whole sentences (or list items) of a chunk sharing the most terms with the question, in
+    their original order. Only pieces that end like a sentence: a sentence introducing a list (ending in a colon),
+    an item ending in ";" or a heading-like line means little without its context."""
+    found = [p for p in pieces(text, abbreviations) if _COMPLETE.search(p.text)]
+    ranked = sorted(range(len(found)), key=lambda i: (-len(question_terms & set(tokenize(found[i].text))), i))
+    return [found[i].text for i in sorted(ranked[:limit])]
+
+
+TOPIC_BUDGET = 900  # weighted characters (CJK count 2) of a card about the asked topic quoted from its start
+
+
+def lead_sentences(text: str, budget: int, abbreviations: frozenset[str] = frozenset()) -> list[str]:
+    """The chunk's complete sentences from its start, in order, while they fit ``budget`` weighted characters (at
+    least one): a card about the asked topic reads best as written."""
+    out: list[str] = []
+    used = 0
+    for piece in pieces(text, abbreviations):
+        if not _COMPLETE.search(piece.text):
+            continue
+        size = weighted_len(piece.text)
+        if out and used + size > budget:
+            break
+        out.append(piece.text)
+        used += size
+    return out
+
+
+def _definition(chunks: list[StoredChunk], term: str, asks: ContentAsks) -> tuple[int, str] | None:
+    """(chunk index, sentence) of the sentence that best defines ``term``: it names the term and uses a defining
+    word ("is", "refers to", 「とは」, 「を指す」); one that opens with the term ("An LLM, in their usage, is",
+    「ファインチューニングしたモデル：」) beats one that mentions it later; earlier chunks win ties."""
+    wanted = set(tokenize(term))
+    if not wanted:
+        return None
+    best: tuple[int, int, int, str] | None = None  # (-score, chunk index, position, sentence)
+    for index, chunk in enumerate(chunks):
+        title = str(chunk.metadata.get("title", "")).lower()
+        defining = any(word in title for word in asks.definition_titles)  # a card about definitions
+        for position, piece in enumerate(pieces(chunk.text, asks.abbreviations)):
+            text = piece.text.lower()
+            cues = asks.definition_cues.get("ja" if CJK.search(piece.text) else "en", ())
+            if not wanted <= set(tokenize(piece.text)) or not any(cue.lower() in text for cue in cues):
+                continue
+            head = re.split(r"[:：,、]| is | are |とは|は", text, maxsplit=1)[0]
+            score = (2 if wanted <= set(tokenize(head)) else 1) + (2 if defining else 0)
+            candidate = (-score, index, position, piece.text)
+            best = candidate if best is None or candidate < best else best
+    return (best[1], best[3]) if best else None
+
+
+def _list_answer(chunk: StoredChunk, ask: Ask, asks: ContentAsks) -> list[str] | None:
+    """The chunk's list: the sentence that introduces it, then every point (``ask.n`` points for a count ask)."""
+    found = pieces(chunk.text, asks.abbreviations)
+    items = [p for p in found if p.item]
+    if len(items) < 2 or (ask.kind == "count" and len(items) < ask.n):
+        return None
+    first = found.index(items[0])
+    intro = [p.text for p in found[:first] if p.block == found[first - 1].block] if first else []
+    chosen = items[: ask.n] if ask.kind == "count" else items
+    return intro[-2:] + [f"{i}. {p.text}" for i, p in enumerate(chosen, start=1)]
+
+
+def compose_content(
+    chunks: list[StoredChunk], question: str, lang: str, cites: Citations, asks: ContentAsks | None = None
+) -> str:
+    """A content answer of whole sentences with [n] markers: the points of a remark or list when the question asks
+    for them ("what does Remark 5 say", "the three challenges"), a definition first when it asks for one, else the
+    sentences of each chunk closest to the question."""
+    asks = asks or ContentAsks()
     terms = set(tokenize(question))
+    ask = read_ask(question, asks)
     lines = [T[lang]["content_intro"], ""]
-    for chunk in chunks:
-        heading = chunk.metadata.get("title", "")
-        lines.append(f"- **{heading}**: {best_sentences(chunk.text, terms)}{cites.cite(chunk)}")
-    return "\n".join(lines)
+    rest = list(chunks)
+    if ask.kind == "definition" and (found := _definition(chunks, ask.term, asks)):
+        index, sentence = found
+        lines = [sentence + cites.cite(chunks[index]), ""]
+        others = [s for s in best_sentences(chunks[index].text, terms, 2, asks.abbreviations) if s != sentence]
+        if others:
+            lines[-1:] = [_join(others[:1], lang) + cites.cite(chunks[index]), ""]
+        rest = chunks[:index] + chunks[index + 1 :]
+    elif ask.kind in ("list", "count"):
+        # The chunk with a list whose title shares the most terms with the question ("Remark 1" -> the Remark 1
+        # card, not another card of section 3 that happens to hold a list); earlier chunks win ties.
+        listed = [(i, found) for i, c in enumerate(chunks) if (found := _list_answer(c, ask, asks))]
+        if listed:
+            index, found = min(listed, key=lambda x: (-len(terms & set(tokenize(_title(chunks[x[0]])))), x[0]))
+            lines += [f"**{_title(chunks[index])}**{cites.cite(chunks[index])}", *found, ""]
+            rest = chunks[:index] + chunks[index + 1 :]
+    limit = 1 if len(lines) > 2 else 4  # the first source gets room unless a list or definition led
+    specific = terms - asks.generic_terms
+    for position, chunk in enumerate(rest):
+        if limit > 1 and specific & set(tokenize(_title(chunk))):
+            chosen = lead_sentences(chunk.text, TOPIC_BUDGET, asks.abbreviations)  # a card about the very topic
+        else:
+            chosen = best_sentences(chunk.text, terms, limit, asks.abbreviations)
+        if position and not specific & set(tokenize(" ".join(chosen))):
+            continue  # a further chunk must share a specific word with the question, not only "survey" or "say"
+        if chosen:
+            heading = chunk.metadata.get("title", "")
+            lines.append(f"- **{heading}**: {_join(chosen, lang)}{cites.cite(chunk)}")
+        limit = 1
+    return "\n".join(lines).strip()
+
+
+def content_chunks(hits, lang: str, survey_id: str, first=(), limit: int = 3, near: float = 0.8) -> list[StoredChunk]:
+    """The chunks a content answer quotes, from the fused ``hits``: chunks of sections the question names
+    (``first``), then one chunk per card (a card's English and Japanese versions count as one) in the question's
+    language first; among hits scoring within ``near`` of the best, the survey's own sections come before
+    secondary sources."""
+    top = max((h.score for h in hits), default=0.0)
+    ranked = sorted(
+        enumerate(hits[:8]),
+        key=lambda item: (
+            item[1].chunk.metadata.get("lang") != lang,
+            not (item[1].score >= near * top and item[1].chunk.metadata.get("doc_id") == survey_id),
+            item[0],
+        ),
+    )
+    out: list[StoredChunk] = []
+    seen: set[tuple[str, str]] = set()
+    for chunk in [*first, *(hit.chunk for _, hit in ranked)]:
+        meta = chunk.metadata
+        card = (str(meta.get("doc_id", "")), PurePath(str(meta.get("source_path", ""))).name or chunk.id)
+        if card in seen:
+            continue
+        seen.add(card)
+        out.append(chunk)
+    return out[:limit]
 
 
 def _content_terms(text: str) -> set[str]:
@@ -348,7 +567,7 @@ def support_sentence(chunk_text: str, claim: str) -> str:
     shares a term."""
     claim_terms = _content_terms(_MARKERS.sub("", claim))
     best, best_score = "", 0.0
-    for sentence in (s.strip() for s in _SENTENCE.split(chunk_text)):
+    for sentence in (s for line in chunk_text.splitlines() for s in split_sentences(line)):
         terms = _content_terms(sentence)
         score = len(claim_terms & terms) / (len(terms) + 1) ** 0.5 if terms else 0.0
         if score > best_score:

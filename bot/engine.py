@@ -16,6 +16,7 @@ import numpy as np
 from bot.knowledge import Condition, Consideration, DecisionFlow, Task
 from bot.lexicon import Lexicon, load_lexicon
 from bot.text import tokenize_cached
+from ingest.text import ASCII_WORD, CJK, stem
 
 
 def _number_pattern(units: tuple[str, ...]) -> re.Pattern[str]:
@@ -29,7 +30,6 @@ def _number_pattern(units: tuple[str, ...]) -> re.Pattern[str]:
 
 
 _number_pattern = cache(_number_pattern)
-_KANA_OR_HAN = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")
 
 
 @dataclass
@@ -90,46 +90,10 @@ class Decision:
     caveats: list[str] = field(default_factory=list)  # "task": the task's finding, measured in another regime
 
 
-_SUFFIXES = (
-    "izations",
-    "ization",
-    "isation",
-    "ations",
-    "ation",
-    "izing",
-    "ising",
-    "izes",
-    "ises",
-    "ized",
-    "ised",
-    "ize",
-    "ise",
-    "ings",
-    "ing",
-    "ions",
-    "ion",
-    "ers",
-    "er",
-    "ed",
-    "es",
-    "s",
-    "e",
-)
-_ASCII_WORD = re.compile(r"[a-z0-9]+")
-
-
-def _stem(word: str) -> str:
-    for suffix in _SUFFIXES:
-        if word.endswith(suffix) and len(word) - len(suffix) >= 4:
-            word = word[: -len(suffix)]
-            break
-    return word[:-1] if word.endswith("i") and len(word) > 4 else word  # "summari(es)" ~ "summar(ization)"
-
-
 @lru_cache(maxsize=16384)
 def stem_text(text: str) -> str:
     """Space-separated stems ("summarize meeting notes" -> "summar meet note"), for inflection-proof matching."""
-    return " " + " ".join(_stem(w) for w in _ASCII_WORD.findall(text)) + " "
+    return " " + " ".join(stem(w) for w in ASCII_WORD.findall(text)) + " "
 
 
 @cache
@@ -193,7 +157,7 @@ def label_count(text: str, lexicon: Lexicon | None = None) -> int | None:
             counts.append((m.start(), m.end(), value))
     for m in _number_pattern(tuple(lex.units)).finditer(text):
         following = text[m.end() : m.end() + 1]
-        if following and _KANA_OR_HAN.match(following) and following not in lex.counters:
+        if following and CJK.match(following) and following not in lex.counters:
             continue  # "1クエリ", "3ヶ月": a number, but not a count of examples
         raw = m.group("num").replace(",", "")
         try:
@@ -215,17 +179,18 @@ def label_count(text: str, lexicon: Lexicon | None = None) -> int | None:
 
 # A catalog task is taken from embeddings alone only above this similarity (tuned on the dev set: below it the
 # nearest task was as often wrong as right, and a wrong task invents conflicts).
-SEMANTIC_TASK_MIN = 0.90
-
-
 class RuleReader:
     """The hand-written reading: cue phrases and aliases from ``decision_flow.toml``, intent cues from the lexicon.
     Kept as the fallback and for side-by-side evaluation against the learned reader."""
 
     name = "rules"
 
-    def __init__(self, flow: DecisionFlow, lexicon: Lexicon | None = None, embed_documents=None) -> None:
+    def __init__(
+        self, flow: DecisionFlow, lexicon: Lexicon | None = None, embed_documents=None, semantic_task_min: float = 0.90
+    ) -> None:
+        """``semantic_task_min``: the cosine bar for naming a task by meaning alone (Settings.semantic_task_min)."""
         self.flow = flow
+        self.semantic_task_min = semantic_task_min
         self.lexicon = lexicon or load_lexicon()
         self.task_matrix: np.ndarray | None = None
         for task in flow.tasks:  # warm the alias-term cache so the first question is not slow
@@ -297,7 +262,7 @@ class RuleReader:
         ``follow_up``, what the follow-up itself states (cues, label counts) overrides the earlier facts."""
         tasks = self.match_tasks(text, vector)
         lexical = [t for t, s in tasks if s >= 1.0]
-        semantic_ok = bool(tasks) and tasks[0][1] >= SEMANTIC_TASK_MIN
+        semantic_ok = bool(tasks) and tasks[0][1] >= self.semantic_task_min
         task = tasks[0][0] if tasks and (lexical or semantic_ok) else None
         score = tasks[0][1] if tasks else 0.0
         named = [t for t, s in tasks if s >= 1.01]  # whole aliases only: partial matches don't count as named tasks
@@ -338,9 +303,11 @@ def numeric_state(cond: Condition, count: int) -> ConditionState | None:
 class DecisionEngine:
     """Walks Figure 2 over a question's reading; the reader (rules by default, or the learned one) is pluggable."""
 
-    def __init__(self, flow: DecisionFlow, embed_queries=None, embed_documents=None, reader=None) -> None:
+    def __init__(
+        self, flow: DecisionFlow, embed_queries=None, embed_documents=None, reader=None, semantic_task_min: float = 0.90
+    ) -> None:
         self.flow = flow
-        self.rules = RuleReader(flow, embed_documents=embed_documents)
+        self.rules = RuleReader(flow, embed_documents=embed_documents, semantic_task_min=semantic_task_min)
         self.reader = reader or self.rules
 
     def decide(
@@ -428,7 +395,7 @@ class DecisionEngine:
 
 
 def _terms(text: str) -> frozenset[str]:
-    return frozenset(_stem(t) for t in tokenize_cached(text))
+    return frozenset(tokenize_cached(text))  # tokenize already stems
 
 
 def _coverage(alias_terms: frozenset[str], question_terms: frozenset[str]) -> float:

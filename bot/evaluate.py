@@ -1,11 +1,13 @@
 """``python -m bot eval [FILE.jsonl]``: verdict accuracy, cited-section hit rate, abstention precision/recall,
-answer-language match, invalid citations and latency, per language and overall, for the dev and held-out splits."""
+answer-language match, invalid citations, key-point coverage of content answers and latency, per language and
+overall, for the dev and held-out splits."""
 
 from __future__ import annotations
 
 import json
 import re
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import numpy as np
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from bot.answer import Answer, check_citations
+from bot.compose import T
 from bot.knowledge import DecisionFlow
 from bot.pipeline import Pipeline
 from bot.service import AnswerService
@@ -42,6 +45,14 @@ class Result:
     @property
     def intent(self) -> str:
         return answered_as(self.abstained, self.verdict)
+
+    @property
+    def key_points(self) -> tuple[int, int] | None:
+        """(covered, total) key points of a content question that lists ``key_points``, else None."""
+        points = self.item.get("key_points")
+        if not points or self.item.get("kind", "content") != "content":
+            return None
+        return sum(covers(self.answer, point) for point in points), len(points)
 
     @property
     def verdict_ok(self) -> bool | None:
@@ -81,6 +92,27 @@ def _names_in(text: str, names: list[str]) -> bool:
 def answered_as(abstained: bool, verdict: str | None) -> str:
     """What an answer treated its question as: refused (offtopic), a verdict (decision) or content."""
     return "offtopic" if abstained else ("decision" if verdict else "content")
+
+
+def _fold(text: str) -> str:
+    """Width- and case-insensitive form (NFKC, casefold, one space)."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def answer_body(answer: str) -> str:
+    """The answer without its sources list (titles there are references, not what the answer says)."""
+    for lang in T:
+        head = "\n" + T[lang]["sources"] + "\n"
+        if head in answer:
+            return answer.split(head)[0]
+    return answer
+
+
+def covers(answer: str, point: dict) -> bool:
+    """A key point ({"en": [phrasings], "ja": [phrasings]}) is covered when any phrasing of either language appears
+    in the answer body, case- and width-insensitively."""
+    body = _fold(answer_body(answer))
+    return any(_fold(p) in body for lang in ("en", "ja") for p in point.get(lang, []) if p.strip())
 
 
 def load_items(path: Path) -> list[dict]:
@@ -132,6 +164,7 @@ def metrics(results: list[Result]) -> dict:
     should = [r for r in results if r.item.get("expect_abstain")]
     did = [r for r in results if r.abstained]
     latencies = np.array([r.seconds for r in results]) * 1000 if results else np.array([0.0])
+    points = [r.key_points for r in results if r.key_points is not None]
     return {
         "n": len(results),
         "intent_accuracy": _rate([r.intent == r.item["kind"] for r in results if r.item.get("kind")]),
@@ -144,6 +177,9 @@ def metrics(results: list[Result]) -> dict:
         "invalid_citations": sum(r.invalid for r in results),
         "reason_support_rate": _rate([True] * sum(r.task_support[0] for r in results)
                                      + [False] * sum(r.task_support[1] - r.task_support[0] for r in results)),
+        # Content answers: covered / listed key points over all questions that list them, and answers covering all.
+        "key_point_coverage": round(sum(c for c, _ in points) / sum(t for _, t in points), 4) if points else None,
+        "key_points_all": _rate([c == t for c, t in points]),
         "latency_ms_p50": round(float(np.percentile(latencies, 50)), 1),
         "latency_ms_p95": round(float(np.percentile(latencies, 95)), 1),
     }
@@ -183,6 +219,8 @@ def table(summary: dict) -> str:
         "language_match",
         "invalid_citations",
         "reason_support_rate",
+        "key_point_coverage",
+        "key_points_all",
         "latency_ms_p50",
         "latency_ms_p95",
     ]
@@ -232,6 +270,9 @@ def main(
                 bad.append(f"abstained={r.abstained}")
             if r.invalid:
                 bad.append(f"{r.invalid} invalid citations")
+            if r.key_points and r.key_points[0] < r.key_points[1]:
+                missed = [p["en"][:1] for p in r.item["key_points"] if not covers(r.answer, p)]
+                bad.append(f"key points {r.key_points[0]}/{r.key_points[1]}, missed {missed}")
             if bad:
                 print(
                     f"FAIL {r.item.get('id')}: {'; '.join(bad)} :: {r.item['question'][:90]} {r.debug}", file=sys.stderr

@@ -4,10 +4,15 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bot.text import tokenize
+from ingest.sources import Source as Source  # re-exported: the one sources.toml reader lives in ingest
+from ingest.sources import load_sources as load_sources
 
 VERDICTS = ("llm", "fine_tuned", "neither", "depends")
 PROVENANCES = ("survey", "flow")  # the survey evaluated the task / only Figure 2's conditions give its verdict
@@ -81,25 +86,6 @@ class DecisionFlow:
 
     def condition(self, cid: str) -> Condition:
         return next(c for c in self.conditions if c.id == cid)
-
-
-@dataclass(frozen=True)
-class Source:
-    doc_id: str
-    title: str
-    authors: tuple[str, ...]
-    year: int | None
-    url: str
-    lang: str
-    remarks: dict[str, str] = field(default_factory=dict)  # remark number -> section
-
-    @property
-    def cite_as(self) -> str:
-        """Short attribution, e.g. 'Yang et al. (2023)'."""
-        if len(self.authors) > 1:
-            first = self.authors[0].split()[-1]
-            return f"{first} et al. ({self.year})" if self.year else f"{first} et al."
-        return self.title
 
 
 def _need(table: dict, key: str, where: str, file: Path):
@@ -232,19 +218,41 @@ def load_flow(path: Path) -> DecisionFlow:
     )
 
 
-def load_sources(path: Path) -> dict[str, Source]:
+@dataclass(frozen=True)
+class ContentAsks:
+    """How content questions are read (``corpus/content.toml``): list, definition and count asks, and the
+    abbreviations that do not end a sentence."""
+
+    list_asks: tuple[re.Pattern[str], ...] = ()
+    definition_asks: tuple[re.Pattern[str], ...] = ()
+    definition_cues: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    definition_titles: tuple[str, ...] = ()
+    generic_terms: frozenset[str] = frozenset()
+    abbreviations: frozenset[str] = frozenset()
+    counts: dict[str, int] = field(default_factory=dict)
+    count_patterns: tuple[re.Pattern[str], ...] = ()
+
+
+def load_content_asks(path: Path) -> ContentAsks:
     data = _read_toml(path)
-    out = {}
-    for i, s in enumerate(data.get("sources", [])):
-        where = f"sources[{i}]"
-        doc_id = str(_need(s, "doc_id", where, path))
-        out[doc_id] = Source(
-            doc_id=doc_id,
-            title=str(_need(s, "title", where, path)),
-            authors=tuple(str(a) for a in s.get("authors", [])),
-            year=int(s["year"]) if s.get("year") else None,
-            url=str(s.get("url", "")),
-            lang=str(s.get("lang", "en")),
-            remarks={str(k): str(v) for k, v in (s.get("remarks") or {}).items()},
-        )
-    return out
+
+    def patterns(key: str) -> tuple[re.Pattern[str], ...]:
+        out = []
+        for i, pattern in enumerate(data.get(key, [])):
+            try:
+                out.append(re.compile(str(pattern), re.IGNORECASE))
+            except re.error as exc:
+                raise KnowledgeError(f"{path}: {key}[{i}] is not a valid regex ({exc})") from exc
+        return tuple(out)
+
+    counts = data.get("count_pattern", {})
+    return ContentAsks(
+        list_asks=patterns("list_asks"),
+        definition_asks=patterns("definition_asks"),
+        definition_cues={lang: tuple(data.get(f"definition_cues_{lang}", [])) for lang in ("en", "ja")},
+        generic_terms=frozenset(t for w in data.get("generic_words", []) for t in tokenize(str(w))),
+        definition_titles=tuple(str(w).lower() for w in data.get("definition_titles", [])),
+        abbreviations=frozenset(str(a).lower() for a in data.get("abbreviations", [])),
+        counts={str(k).lower(): int(v) for k, v in data.get("counts", {}).items()},
+        count_patterns=tuple(re.compile(str(counts[lang]), re.IGNORECASE) for lang in ("en", "ja") if lang in counts),
+    )

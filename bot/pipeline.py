@@ -27,7 +27,7 @@ class Pipeline:
     def __init__(self, service: AnswerService, model: BaseChatModel | None = None) -> None:
         self.service = service
         self.model = model
-        template = TemplateWriter(service.flow, service.sources)
+        template = TemplateWriter(service.flow, service.sources, service.asks)
         self.writers: dict[str, Writer] = {"template": template}
         if model is not None:
             self.writers["llm"] = LLMWriter(model, template)

@@ -17,8 +17,6 @@ from ingest.embeddings import Embedder
 from ingest.pipeline import embedding_text_for
 from ingest.store import ChunkStore, StoredChunk
 
-RRF_K = 60
-
 
 @dataclass
 class Hit:
@@ -65,9 +63,13 @@ class BM25Index:
 class HybridRetriever:
     """Loads the live chunks once (for BM25 and section look-ups); dense search goes to Chroma each time."""
 
-    def __init__(self, store: ChunkStore, embedder: Embedder) -> None:
+    def __init__(self, store: ChunkStore, embedder: Embedder, rrf_k: int = 60, per_list: int = 20) -> None:
+        """``rrf_k``, ``per_list``: the fusion constant and the candidates per ranked list (Settings.rrf_k,
+        Settings.retrieval_per_list)."""
         self.store = store
         self.embedder = embedder
+        self.rrf_k = rrf_k
+        self.per_list = per_list
         self.refresh()
 
     def refresh(self) -> None:
@@ -88,17 +90,18 @@ class HybridRetriever:
         k: int = 8,
         extra_terms: list[str] | None = None,
         vector: np.ndarray | None = None,
-        per_list: int = 20,
+        per_list: int | None = None,
     ) -> list[Hit]:
         """Fuse dense-per-language and BM25 rankings with reciprocal rank fusion."""
         if not self.chunks:
             return []
         vector = self.embed_query(question) if vector is None else vector
+        per_list = per_list or self.per_list
         hits: dict[str, Hit] = {}
 
         def add(chunk: StoredChunk, rank: int, source: str, dense: float = 0.0, bm25: float = 0.0) -> None:
             hit = hits.setdefault(chunk.id, Hit(chunk=chunk, score=0.0))
-            hit.score += 1.0 / (RRF_K + rank)
+            hit.score += 1.0 / (self.rrf_k + rank)
             hit.dense = max(hit.dense, dense)
             hit.bm25 = max(hit.bm25, bm25)
             hit.ranks[source] = rank

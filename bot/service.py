@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from bot.answer import Answer, check_citations, previous_user_message, to_messages
-from bot.compose import evidence_requests
+from bot.compose import content_chunks, evidence_requests
 from bot.engine import Decision, DecisionEngine, asks_about_survey
 from bot.grounding import Evidence, Grounding
-from bot.knowledge import load_flow, load_sources
+from bot.knowledge import load_content_asks, load_flow, load_sources
 from bot.retrieval import HybridRetriever
 from bot.text import clip_question, detect_language, normalize_question, tokenize
 from ingest.config import Settings
@@ -50,10 +50,18 @@ class AnswerService:
         self.settings = settings
         self.embedder = embedder or load_embedder(settings)
         self.store = store or ChunkStore(settings)
-        self.retriever = HybridRetriever(self.store, self.embedder)
+        self.retriever = HybridRetriever(
+            self.store, self.embedder, rrf_k=settings.rrf_k, per_list=settings.retrieval_per_list
+        )
         self.flow = load_flow(settings.corpus_dir / "decision_flow.toml")
         self.sources = load_sources(settings.corpus_dir / "sources.toml")
-        self.engine = DecisionEngine(self.flow, self.embedder.encode_queries, self.embedder.encode_documents)
+        self.asks = load_content_asks(settings.corpus_dir / "content.toml")
+        self.engine = DecisionEngine(
+            self.flow,
+            self.embedder.encode_queries,
+            self.embedder.encode_documents,
+            semantic_task_min=settings.semantic_task_min,
+        )
         self.gate = gate or Gate.from_settings(settings)
         self.turns = None
         if settings.reader == "learned":
@@ -134,7 +142,9 @@ class AnswerService:
         reading = decision.reading
         _restore_case(decision, text, lowered)
         extra = [name for t in ([decision.task] if decision.task else []) for name in t.all_names[:6]]
-        hits = self.retriever.search(text, k=8, extra_terms=tokenize(" ".join(extra)), vector=vector)
+        hits = self.retriever.search(
+            text, k=self.settings.retrieval_k, extra_terms=tokenize(" ".join(extra)), vector=vector
+        )
         top_dense = max((h.dense for h in hits), default=0.0)
         matched = reading.intent != "offtopic" and (
             reading.task_named or decision.cue_hit or asks_about_survey(lowered)
@@ -167,7 +177,7 @@ class AnswerService:
                 for section in self.referenced_sections(lowered)
                 if (found := self.retriever.best_in_sections(vector, [section], self.flow.doc_id, lang))
             ]
-            grounding.content = self._content_chunks(hits, lang, first=referenced)
+            grounding.content = content_chunks(hits, lang, self.flow.doc_id, first=referenced)
         return grounding
 
     def fetch_evidence(self, decision: Decision, vector: np.ndarray, lang: str) -> Evidence:
@@ -192,21 +202,6 @@ class AnswerService:
                     break
             evidence.found[key] = naming or first
         return evidence
-
-    @staticmethod
-    def _content_chunks(hits, lang: str, limit: int = 3, first=()):
-        """Chunks of sections the question names, then the top fused hits (one per source file), the question's
-        language first, at most ``limit``."""
-        top, seen = list(first)[:limit], {c.metadata.get("source_path") for c in first}
-        for hit in hits[:8]:
-            path = hit.chunk.metadata.get("source_path")
-            if path not in seen:
-                seen.add(path)
-                top.append(hit.chunk)
-        top = top[:6]
-        same = [c for c in top if c.metadata.get("lang") == lang]
-        other = [c for c in top if c.metadata.get("lang") != lang]
-        return (same + other)[:limit]
 
     def referenced_sections(self, lowered: str) -> list[str]:
         """Survey sections a question names: "Remark 8", "section 4.1", "§5.2", "4.3節", "Figure 2" / 「図2」."""

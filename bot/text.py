@@ -1,4 +1,4 @@
-"""Text helpers for questions and BM25: language detection and a Japanese-aware tokenizer (SudachiPy)."""
+"""Text helpers for questions and BM25: normalisation, clipping and a Japanese-aware tokenizer (SudachiPy)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import threading
 import unicodedata
 from functools import lru_cache
 
-_KANA = re.compile(r"[\u3040-\u30ff\uff66-\uff9f]")
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
-_LATIN_WORD = re.compile(r"[a-z0-9]+")
+from ingest.text import ASCII_WORD, CJK, stem
+from ingest.text import detect_language as detect_language  # re-exported: the one detector lives in ingest
+
 _SUDACHI_MAX_BYTES = 40_000  # Sudachi rejects inputs near 49 kB; longer text is tokenised in pieces
 
 # Small English stop list: BM25 idf already discounts common words, this only drops pure function words.
@@ -118,16 +118,6 @@ def normalize_question(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def detect_language(text: str) -> str:
-    """'ja' or 'en' for a question. Any kana means Japanese; Han characters without kana count as Japanese too
-    when they outweigh Latin letters (e.g. 「感情分析」); everything else is English."""
-    if _KANA.search(text):
-        return "ja"
-    han = len(_HAN.findall(text))
-    latin = sum(1 for c in text if c.isascii() and c.isalpha())
-    return "ja" if han and han * 2 >= latin else "en"
-
-
 class _Sudachi:
     """One Sudachi tokenizer per thread (it is not thread-safe)."""
 
@@ -167,21 +157,14 @@ def _pieces(text: str) -> list[str]:
 
 
 def _latin_terms(text: str) -> list[str]:
-    """Lower-case words minus stop words, with a light plural strip ("models" -> "model")."""
-    out = []
-    for word in _LATIN_WORD.findall(text):
-        if word in EN_STOPWORDS:
-            continue
-        if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
-            word = word[:-1]
-        out.append(word)
-    return out
+    """Lower-case words minus stop words, stemmed ("models" -> "model", "reasoning" -> "reason")."""
+    return [stem(word) for word in ASCII_WORD.findall(text) if word not in EN_STOPWORDS]
 
 
 def tokenize(text: str) -> list[str]:
     """BM25 terms: Sudachi (mode A) normalised forms for Japanese, lower-cased words for Latin script."""
     text = unicodedata.normalize("NFKC", text).lower()
-    if not (_KANA.search(text) or _HAN.search(text)):
+    if not CJK.search(text):
         return _latin_terms(text)
     terms: list[str] = []
     tok = _SUDACHI.get()

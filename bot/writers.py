@@ -17,7 +17,7 @@ from langchain_core.runnables import Runnable, RunnableLambda
 from bot.answer import Answer
 from bot.compose import Citations, T, compose_content, compose_decision, mark_support, with_sources
 from bot.grounding import Grounding
-from bot.knowledge import DecisionFlow, Source
+from bot.knowledge import ContentAsks, DecisionFlow, Source
 from bot.prompts import ANSWER_PROMPT, FENCES, LANGUAGE_NAMES
 
 _MARKER = re.compile(r"\[(\d+)\]")
@@ -73,9 +73,10 @@ class TemplateWriter:
 
     name = "template"
 
-    def __init__(self, flow: DecisionFlow, sources: dict[str, Source]) -> None:
+    def __init__(self, flow: DecisionFlow, sources: dict[str, Source], asks: ContentAsks | None = None) -> None:
         self.flow = flow
         self.sources = sources
+        self.asks = asks  # content ask patterns (corpus/content.toml)
 
     def write(self, g: Grounding) -> Answer:
         answer = answer_shell(g)
@@ -87,7 +88,7 @@ class TemplateWriter:
         if g.kind == "decision" and g.decision is not None:
             body = compose_decision(g.decision, self.flow, lang, g.evidence.best, cites)
         else:
-            body = compose_content(g.content, g.text, lang, cites)
+            body = compose_content(g.content, g.text, lang, cites, self.asks)
         mark_support(body, cites)
         answer.answer = with_sources(body, lang, cites)
         answer.citations = [c.to_json() for c in cites.items]

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 from ingest.loaders import Section
+from ingest.text import WIDE
 
 _PARAGRAPH = re.compile(r"\n\s*\n")
 # Sentence end: Japanese full stops (optionally followed by closing brackets), or . ! ? followed by whitespace.
@@ -21,7 +22,6 @@ _SENTENCE_END = re.compile(r"(?<=[。！？!?])[」』）)\]]*|(?<=[.!?])[\"')\]
 _WORD_BREAK = re.compile(r"\s+")
 
 
-_WIDE = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
 
 
 class _Measure:
@@ -31,7 +31,7 @@ class _Measure:
         self.prefix = [0]
         total = 0
         for char in text:
-            total += 2 if _WIDE.match(char) else 1
+            total += 2 if WIDE.match(char) else 1
             self.prefix.append(total)
 
     def __call__(self, start: int, end: int) -> int:
@@ -39,7 +39,7 @@ class _Measure:
 
 
 def weighted_len(text: str) -> int:
-    return len(text) + len(_WIDE.findall(text))
+    return len(text) + len(WIDE.findall(text))
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,15 @@ class Settings(BaseSettings):
     model_cache_dir: Path = Field(default_factory=_default_cache_dir)
 
     # --- answering ---
-    top_k: int = Field(default=6, ge=1, le=50)
+    # Retrieval (bot/retrieval.py): each ranked list (dense per corpus language, BM25) contributes its top
+    # `retrieval_per_list` chunks; reciprocal rank fusion scores a chunk sum(1 / (rrf_k + rank)); the best
+    # `retrieval_k` fused hits go to the gate and the composer.
+    retrieval_k: int = Field(default=8, ge=1, le=50, description="Fused hits kept per question.")
+    retrieval_per_list: int = Field(default=20, ge=1, le=200, description="Candidates per ranked list before fusion.")
+    rrf_k: int = Field(default=60, ge=1, le=1000, description="Reciprocal rank fusion constant (larger = flatter).")
+    # The rule reader names a catalog task by meaning only when the question's embedding is at least this similar to
+    # the task's (cosine; below it only a written alias names the task).
+    semantic_task_min: float = Field(default=0.90, ge=0.0, le=1.0, description="Cosine bar for a task by meaning.")
     reader: Literal["learned", "rules"] = Field(
         default="learned", description="How questions are read: the model trained on corpus/reader/, or cue rules."
     )

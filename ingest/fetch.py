@@ -12,14 +12,13 @@ import os
 import re
 import sys
 import tempfile
-import tomllib
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 from ingest.config import Settings
+from ingest.sources import Source, SourcesError, load_sources
 
 USER_AGENT = "dotchi/0.1"
 _CONTENT_TYPES = {"application/pdf": ".pdf", "text/html": ".html", "application/xhtml+xml": ".html",
@@ -34,25 +33,12 @@ class FetchError(RuntimeError):
     """Nothing could be fetched (or the source list is unusable); the message says what happened."""
 
 
-@dataclass(frozen=True)
-class Source:
-    doc_id: str
-    fetch_url: str
-
-
 def read_sources(path: Path) -> list[Source]:
-    """The sources of ``path`` that have a ``fetch_url``."""
+    """The sources of ``path`` that have a ``fetch_url`` (read by the one sources.toml reader)."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise FetchError(f"{path} not found; it lists the originals to download") from exc
-    except (OSError, UnicodeError, tomllib.TOMLDecodeError) as exc:
-        raise FetchError(f"cannot read {path}: {exc}") from exc
-    entries = data.get("sources", [])
-    if not isinstance(entries, list):
-        raise FetchError(f"{path}: 'sources' must be an array of tables ([[sources]])")
-    return [Source(str(e["doc_id"]), str(e["fetch_url"])) for e in entries
-            if isinstance(e, dict) and e.get("doc_id") and e.get("fetch_url")]
+        return [s for s in load_sources(path).values() if s.fetch_url]
+    except SourcesError as exc:
+        raise FetchError(f"{exc}; it lists the originals to download") from exc
 
 
 def choose_suffix(url: str, content_type: str, data: bytes) -> str | None:

@@ -1,6 +1,7 @@
 """Load Markdown (with front matter), plain text, HTML and PDF files into sections with metadata.
 
-Text is NFKC-normalised on load; char offsets in chunk metadata refer to that normalised text.
+Text is NFKC-normalised on load (and a source's own "[16]" references rewritten, see ``rewrite_references``);
+char offsets in chunk metadata refer to that normalised text.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from pathlib import Path
 
 import yaml
 
+from ingest.text import CJK, detect_language
+
 SUPPORTED_SUFFIXES = {".md", ".markdown", ".txt", ".html", ".htm", ".pdf"}
 # "4.1", "4.1.1", "5", "Sec. 1.2" at the start of a heading; the number becomes the chunk's section.
 _SECTION_NUMBER = re.compile(r"^(?:sec(?:tion)?\.?\s*)?(\d{1,2}(?:\.\d{1,2}){0,3})\.?(?:\s|$)", re.IGNORECASE)
 _MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
-_JA_CHARS = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]")
 
 
 class LoadError(ValueError):
@@ -42,15 +44,6 @@ class LoadedDoc:
     url: str
     lang: str
     sections: list[Section]
-
-
-def detect_lang(text: str) -> str:
-    """'ja' when Japanese script makes up a meaningful share of the letters, else 'en'."""
-    letters = [c for c in text if c.isalpha()]
-    if not letters:
-        return "en"
-    ja = sum(1 for c in letters if _JA_CHARS.match(c))
-    return "ja" if ja / len(letters) >= 0.2 or ja >= 20 else "en"
 
 
 def section_number(heading: str) -> str | None:
@@ -115,9 +108,31 @@ def _mostly_printable(text: str) -> bool:
     return bad / len(sample) < 0.01
 
 
+# A source's own numbered reference ("[16]", "[48, 44]", "[3-5]"), not a Markdown link ("[1](url)", "[1]: url")
+# nor an index in code ("a[0]").
+_SOURCE_REFERENCE = re.compile(r"(?<![A-Za-z0-9_\]])\[(\d{1,3}(?:\s*[,–-]\s*\d{1,3})*)\](?![(:\[])")
+
+
+def _reference(match: re.Match[str]) -> str:
+    numbers = re.sub(r"\s*,\s*", ", ", match.group(1))
+    before = match.string[: match.start()].rstrip()[-1:]
+    if before and (CJK.match(before) or before in "。、"):
+        return f"(文献{numbers})"
+    return f"(ref{'s' if re.search(r'[,–-]', numbers) else ''}. {numbers})"
+
+
+def rewrite_references(text: str) -> str:
+    """A source's numbered references become "(ref. 16)" / "(refs. 48, 44)" (「(文献16)」 after Japanese text), so
+    only the answer's citation markers look like ``[n]``. Done here, at load time, rather than when composing: the
+    stored chunk text is what every writer quotes (the built-in composer, an LLM's numbered sources, the sources
+    panel, BM25), and char offsets keep pointing into the one normalised text."""
+    return _SOURCE_REFERENCE.sub(_reference, text)
+
+
 def normalize(text: str) -> str:
+    """NFKC, Unix newlines, no control characters, and a source's own ``[16]``-style references rewritten."""
     text = unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
-    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
+    return rewrite_references("".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc"))
 
 
 # ---------------------------------------------------------------------------------------------- markdown / text
@@ -204,9 +219,9 @@ def _load_markdown(path: Path, text: str) -> LoadedDoc:
     meta, body, offset = _split_front_matter(text)
     title = str(meta.get("title") or _first_heading(body) or path.stem)
     lang = str(meta.get("lang") or meta.get("language") or "").split()[0:1]
-    lang_code = lang[0].lower()[:2] if lang else detect_lang(body)
+    lang_code = lang[0].lower()[:2] if lang else detect_language(body)
     if lang_code not in ("ja", "en"):
-        lang_code = detect_lang(body)
+        lang_code = detect_language(body)
     sections = _markdown_sections(body, offset, str(meta.get("section", "") or ""))
     return LoadedDoc(
         path=path,
@@ -233,7 +248,7 @@ def _load_plain_text(path: Path, text: str) -> LoadedDoc:
         doc_id=_slug(path.stem),
         title=first_line[:120],
         url="",
-        lang=detect_lang(text),
+        lang=detect_language(text),
         sections=[Section(text=text, start=0)],
     )
 
@@ -268,7 +283,7 @@ def _load_html(path: Path, text: str) -> LoadedDoc:
     body = "\n".join(lines)
     if not body.strip():
         raise LoadError("HTML page has no readable text (only scripts, styles or markup)")
-    lang = declared[:2].lower() if declared[:2].lower() in ("ja", "en") else detect_lang(body)
+    lang = declared[:2].lower() if declared[:2].lower() in ("ja", "en") else detect_language(body)
     return LoadedDoc(
         path=path,
         doc_id=_slug(path.stem),
@@ -313,7 +328,7 @@ def _load_pdf(path: Path) -> LoadedDoc:
         doc_id=_slug(path.stem),
         title=normalize(info_title) or path.stem,
         url="",
-        lang=detect_lang(body[:20_000]),
+        lang=detect_language(body[:20_000]),
         sections=sections,
     )
 

@@ -17,7 +17,8 @@ from ingest.embeddings import Embedder, load_embedder
 from ingest.loaders import SUPPORTED_SUFFIXES, LoadedDoc, LoadError, load_file
 from ingest.store import ChunkStore, FileRecord
 
-CHUNKER_VERSION = 3  # bump when chunking output changes for the same settings: forces a rebuild
+# Bump when chunking output changes for the same settings: forces a rebuild (4: "[16]" references rewritten on load).
+CHUNKER_VERSION = 4
 
 
 @dataclass

@@ -46,12 +46,12 @@ def test_empty_chroma_host_means_local(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_dotenv_file_is_read_and_env_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A .env in the working dir is read; a real env variable takes precedence."""
-    (tmp_path / ".env").write_text("DOTCHI_COLLECTION=fromdotenv\nDOTCHI_TOP_K=9\n", encoding="utf-8")
+    (tmp_path / ".env").write_text("DOTCHI_COLLECTION=fromdotenv\nDOTCHI_RETRIEVAL_K=9\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     assert Settings().collection == "fromdotenv"
-    assert Settings().top_k == 9
-    monkeypatch.setenv("DOTCHI_TOP_K", "3")
-    assert Settings().top_k == 3
+    assert Settings().retrieval_k == 9
+    monkeypatch.setenv("DOTCHI_RETRIEVAL_K", "3")
+    assert Settings().retrieval_k == 3
 
 
 def test_settings_are_frozen() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.evaluate import Result, load_items, main, metrics, report, run
+from bot.evaluate import Result, covers, load_items, main, metrics, report, run
 from ingest.config import Settings
 
 
@@ -20,6 +20,32 @@ def item(**fields) -> dict:
 
 def result(it: dict, verdict=None, abstained=False, language="en", sections=(), invalid=0, seconds=0.1) -> Result:
     return Result(it, verdict, abstained, language, list(sections), invalid, seconds)
+
+
+# ---------------------------------------------------------------------------------------------- key points
+POINTS = [{"en": ["masked language model"], "ja": ["マスク言語モデル"]},
+          {"en": ["RoBERTa"], "ja": []},
+          {"en": ["encoder-only"], "ja": ["エンコーダ"]}]
+
+
+def test_key_point_phrasings_either_language_case_and_width() -> None:
+    """Any phrasing of either language counts, case- and width-insensitively; the sources list does not."""
+    answer = ("BERT系は**ＭＡＳＫＥＤ Language Model**で学習します。例: ｒｏｂｅｒｔａ [1]"
+              "\n\n**出典**\n- [1] encoder-only")
+    assert [covers(answer, p) for p in POINTS] == [True, True, False]
+    assert covers("エンコーダのみの構造 [1]", POINTS[2])
+
+
+def test_key_point_coverage_metric() -> None:
+    """Coverage is covered/listed points over content answers that list them; decisions and plain items are out."""
+    full = Result(item(key_points=POINTS), None, False, "en", ["2.1"], 0, 0.1, "encoder-only RoBERTa, masked LM")
+    full.answer += "; masked language model"
+    part = Result(item(key_points=POINTS[:2]), None, False, "en", ["2.1"], 0, 0.1, "RoBERTa")
+    other = Result(item(kind="decision", key_points=POINTS), "llm", False, "en", [], 0, 0.1, "RoBERTa")
+    assert (full.key_points, part.key_points, other.key_points) == ((3, 3), (1, 2), None)
+    m = metrics([full, part, other, result(item())])
+    assert m["key_point_coverage"] == pytest.approx(4 / 5) and m["key_points_all"] == 0.5
+    assert metrics([result(item())])["key_point_coverage"] is None
 
 
 # ---------------------------------------------------------------------------------------------- section hits

@@ -12,7 +12,6 @@ from ingest.loaders import (
     SUPPORTED_SUFFIXES,
     LoadError,
     decode_text,
-    detect_lang,
     load_file,
     normalize,
     section_number,
@@ -139,7 +138,6 @@ def test_front_matter_only_is_a_load_error(tmp_path: Path) -> None:
 def test_language_detection_without_metadata(tmp_path: Path) -> None:
     assert load_file(write(tmp_path / "ja.md", JA_TEXT), MB).lang == "ja"
     assert load_file(write(tmp_path / "en.md", "Plain English text about models."), MB).lang == "en"
-    assert detect_lang("12345 !!!") == "en"
 
 
 # ---------------------------------------------------------------------------------------------- plain text
@@ -311,3 +309,20 @@ def test_supported_suffixes_are_case_insensitive(tmp_path: Path) -> None:
     assert {".md", ".txt", ".html", ".pdf"} <= SUPPORTED_SUFFIXES
     doc = load_file(write(tmp_path / "UPPER.MD", "# 1 Title\n\nBody text."), MB)
     assert doc.sections[0].section == "1"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("LLMs [16] are big [48, 44].", "LLMs (ref. 16) are big (refs. 48, 44)."),
+    ("文献では[16]とされる。", "文献では(文献16)とされる。"),
+    ("models [3–5] and [７]", "models (refs. 3–5) and (ref. 7)"),  # NFKC first: full-width digits
+    ("see [1](http://x), [1]: http://y and a[0]", "see [1](http://x), [1]: http://y and a[0]"),  # links, code
+])
+def test_source_references_are_rewritten_on_load(raw: str, expected: str) -> None:
+    """A source's own numbered references never look like an answer's [n] citation markers."""
+    assert normalize(raw) == expected
+
+
+def test_rewritten_references_reach_the_sections(tmp_path: Path) -> None:
+    doc = load_file(write(tmp_path / "paper.txt", "Scaling helps reasoning [16].\n\nBut not always [48, 44].\n"), MB)
+    text = " ".join(s.text for s in doc.sections)
+    assert "(ref. 16)" in text and "(refs. 48, 44)" in text and "[" not in text

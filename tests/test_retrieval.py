@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bot.retrieval import RRF_K, BM25Index, HybridRetriever
+from bot.retrieval import BM25Index, HybridRetriever
 from bot.text import tokenize
 from ingest.config import Settings
 from ingest.store import ChunkStore
@@ -96,7 +96,7 @@ def test_search_fuses_every_language_and_bm25(retriever: HybridRetriever) -> Non
     assert {"dense_en", "dense_ja", "bm25"} <= sources
     assert any(meta(h.chunk, "lang") == "en" for h in hits)
     for h in hits:
-        assert h.score == pytest.approx(sum(1.0 / (RRF_K + r) for r in h.ranks.values()))
+        assert h.score == pytest.approx(sum(1.0 / (retriever.rrf_k + r) for r in h.ranks.values()))
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     top = retriever.search(JA_SENTIMENT, k=8)
     assert len(top) == 8
@@ -139,3 +139,12 @@ def test_empty_store_searches_to_nothing(tmp_path, embedder, model_cache_dir) ->
     retriever = HybridRetriever(ChunkStore(settings), embedder)
     assert retriever.chunks == [] and retriever.search("感情分析") == []
     assert retriever.bm25.scores(["感情"]).shape == (0,)
+
+
+def test_retrieval_knobs_come_from_settings(bot_service, bot_settings) -> None:
+    """RRF k and the per-list depth are Settings fields, and a smaller per-list depth gives fewer candidates."""
+    retriever = bot_service.retriever
+    assert (retriever.rrf_k, retriever.per_list) == (bot_settings.rrf_k, bot_settings.retrieval_per_list)
+    wide = retriever.search(JA_SENTIMENT, k=200)
+    narrow = retriever.search(JA_SENTIMENT, k=200, per_list=2)
+    assert len(narrow) < len(wide) and len(narrow) <= 2 * (len(retriever.languages) + 1)

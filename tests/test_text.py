@@ -54,9 +54,10 @@ def test_tokenize_uses_normalized_forms(variant: str, normal: str) -> None:
 
 
 def test_tokenize_english_words() -> None:
-    """English: lower-cased words, stop words dropped, light plural strip."""
-    terms = tokenize("The Fine-tuned Models are better for NER tasks")
-    assert terms == ["fine", "tuned", "model", "better", "ner", "task"]
+    """English: lower-cased words, stop words dropped, stemmed by the one stemmer (ingest.text.stem)."""
+    terms = tokenize("The Fine-tuned Models are reasoning better for NER tasks")
+    assert terms == ["fine", "tuned", "model", "reason", "bett", "ner", "task"]
+    assert tokenize("reasons") == tokenize("reasoning") == ["reason"]
     assert not set(terms) & EN_STOPWORDS
 
 
