@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +82,8 @@ class KeywordIndex:
         groups: dict[tuple[str, str], int] = {}
         langs: dict[str, int] = {}
         sections: dict[str, int] = {}
-        indptr = [0]
-        indices: list[int] = []
-        data: list[float] = []
-        for row in rows:
-            for term, tf in Counter(row.terms).items():
-                indices.append(vocab.setdefault(term, len(vocab)))
-                data.append(tf)
-            indptr.append(len(indices))
+        cols = np.array([vocab.setdefault(t, len(vocab)) for r in rows for t in r.terms], dtype=np.int32)
+        row_of = np.repeat(np.arange(len(rows), dtype=np.int32), [len(r.terms) for r in rows])
         n = len(rows)
         arrays = {
             "ids": np.array([r.chunk_id for r in rows], dtype=str) if rows else np.zeros(0, dtype="<U1"),
@@ -99,8 +92,8 @@ class KeywordIndex:
             "row_lang": np.array([langs.setdefault(r.lang, len(langs)) for r in rows], dtype=np.int32),
             "row_section": np.array([sections.setdefault(r.section, len(sections)) for r in rows], dtype=np.int32),
         }
-        tf = sparse.csr_matrix((np.array(data, dtype=np.float32), np.array(indices, dtype=np.int32),
-                                np.array(indptr, dtype=np.int64)), shape=(n, max(len(vocab), 1)))
+        tf = sparse.csr_matrix((np.ones(len(cols), dtype=np.float32), (row_of, cols)), shape=(n, max(len(vocab), 1)))
+        tf.sum_duplicates()  # term counts
         meta = {"groups": list(groups), "langs": list(langs), "sections": list(sections), "vocab": list(vocab)}
         return cls._finish(arrays, tf, meta, digest)
 
