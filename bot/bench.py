@@ -224,6 +224,9 @@ def _scale(base: Settings, service: AnswerService, questions: list[str], sizes, 
     for size in sizes:
         tmp = Path(tempfile.mkdtemp(prefix="dotchi-scale-"))
         rows: list = []
+        trained = base.store_path.parent / "reader"  # the readers live beside the store: reuse, don't retrain
+        if trained.is_dir():
+            shutil.copytree(trained, tmp / "reader")
         try:
             _log(f"scale {size} chunks, Chroma embedded")
             settings = replace_settings(base, store_path=tmp / "chroma", collection=f"scale{size}", chroma_host=None)

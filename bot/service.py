@@ -14,7 +14,7 @@ from bot.knowledge import load_flow, load_sources
 from bot.retrieval import HybridRetriever
 from bot.text import clip_question, detect_language, normalize_question, tokenize
 from ingest.config import Settings
-from ingest.embeddings import Embedder, load_embedder
+from ingest.embeddings import DocumentMemo, Embedder, load_embedder
 from ingest.store import ChunkStore
 
 _CITE = re.compile(r"\[(\d+)\]")
@@ -81,7 +81,9 @@ class AnswerService:
         self.retriever = HybridRetriever(self.store, self.embedder)
         self.flow = load_flow(settings.corpus_dir / "decision_flow.toml")
         self.sources = load_sources(settings.corpus_dir / "sources.toml")
-        self.engine = DecisionEngine(self.flow, self.embedder.encode_queries, self.embedder.encode_documents)
+        self.engine = DecisionEngine(
+            self.flow, self.embedder.encode_queries, DocumentMemo(self.embedder, settings.model_cache_dir)
+        )  # the task catalog's vectors come from a memo on disk: start-up does not re-embed them
         self.gate = gate or Gate()
         self.turns = None
         if settings.reader == "learned":
