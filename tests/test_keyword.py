@@ -208,15 +208,15 @@ from ingest.config import get_settings
 from ingest.store import ChunkStore
 store = ChunkStore(get_settings())
 live, digest = store.live_state()
+from bot.retrieval import HybridRetriever
+from ingest.embeddings import load_embedder
+retriever = HybridRetriever(store, load_embedder(get_settings(), progress=False))  # may save the current index
 root = get_settings().keyword_dir
 folders = {}
 for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
     index = keyword.KeywordIndex.load(folder)
     groups = sorted(map(list, index.groups))
     folders[folder.name] = {"groups": groups, "ids": sorted(index.chunk_id(i) for i in range(len(index)))}
-from bot.retrieval import HybridRetriever
-from ingest.embeddings import load_embedder
-retriever = HybridRetriever(store, load_embedder(get_settings(), progress=False))
 print(json.dumps({"live": sorted(map(list, live.items())), "digest": digest, "folders": folders,
                   "live_ids": sorted(c.id for c in store.iter_chunks()),
                   "retriever_ids": sorted(retriever.index.chunk_id(i) for i in range(len(retriever.index)))}))
