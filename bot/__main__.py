@@ -14,6 +14,13 @@ def _pipeline(settings):
     return Pipeline.from_settings(settings)
 
 
+def _generator_errors() -> tuple[type[Exception], ...]:
+    """GeneratorError when an LLM path imported bot.llm (LangChain's chat models cost ~0.4 s CPU to import, so a
+    run without an LLM never imports them)."""
+    llm = sys.modules.get("bot.llm")
+    return (llm.GeneratorError,) if llm is not None else ()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description="dotchi: LLM or fine-tuned model?")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,7 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from bot.knowledge import KnowledgeError
-    from bot.llm import GeneratorError
     from ingest.config import get_settings
     from ingest.embeddings import ModelError
     from ingest.store import StoreError
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             from bot.bench import main as bench_main
 
             return bench_main(settings, args.json)
-    except (ModelError, StoreError, GeneratorError, KnowledgeError) as exc:
+    except (ModelError, StoreError, KnowledgeError, *_generator_errors()) as exc:
         print(f"bot: {exc}", file=sys.stderr)
         return 2
     return 1

@@ -23,8 +23,10 @@ import psutil
 
 from bot.evaluate import load_items, metrics, run
 from bot.service import AnswerService
+from ingest import keyword
 from ingest.config import Settings
 from ingest.embeddings import Embedder
+from ingest.keyword import Row, indexed_text, row_for
 from ingest.pipeline import run_ingest
 from ingest.store import ChunkStore, FileRecord
 
@@ -74,15 +76,49 @@ def _baseline(store: ChunkStore, embedder: Embedder, items: list[dict]) -> dict:
     }
 
 
-def _cold_start(question: str) -> float:
+FLOOR_SCRIPT = """
+import sys
+import sentence_transformers, torch  # noqa: F401
+from ingest.config import get_settings
+from ingest.embeddings import load_embedder
+load_embedder(get_settings(), progress=False).encode_queries([sys.argv[1]])
+"""
+
+
+def _timed_run(args: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "bot", "ask", "--json", question],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    return round(time.perf_counter() - start, 2)
+    subprocess.run([sys.executable, *args], check=True, capture_output=True,
+                   env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(Path.cwd())})
+    return time.perf_counter() - start
+
+
+def _cold_start(question: str, rounds: int = 2) -> tuple[float, float]:
+    """Seconds for a fresh ``python -m bot ask`` and for its floor (a fresh process that imports torch and
+    sentence-transformers, loads the model and embeds one query), alternated, best of ``rounds`` each."""
+    cold, floor = [], []
+    for _ in range(rounds):
+        floor.append(_timed_run(["-c", FLOOR_SCRIPT, question]))
+        cold.append(_timed_run(["-m", "bot", "ask", "--json", question]))
+    return round(min(cold), 2), round(min(floor), 2)
+
+
+def _serving_rss(settings: Settings) -> float:
+    """RSS (MB) of a ``python -m bot serve`` process once its UI answers on its port."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(Path.cwd()), "GRADIO_ANALYTICS_ENABLED": "False"})
+    try:
+        _wait_port(port, timeout=600)
+        info = psutil.Process(proc.pid)
+        return round(sum(p.memory_info().rss for p in [info, *info.children(recursive=True)]) / 1e6, 1)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _synthetic(service: AnswerService, size: int, seed: int = 7):
@@ -90,7 +126,7 @@ def _synthetic(service: AnswerService, size: int, seed: int = 7):
     fixed-seed noise (re-embedding 100k texts would take hours on this CPU)."""
     rng = random.Random(seed)
     nprng = np.random.default_rng(seed)
-    base = service.retriever.chunks
+    base = list(service.retriever.chunks)
     got = service.store.chunks.get(ids=[c.id for c in base], include=["embeddings"])
     vectors = dict(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32), strict=True))
     for i in range(size):
@@ -113,10 +149,15 @@ def _synthetic(service: AnswerService, size: int, seed: int = 7):
         )
 
 
-def _fill(store: ChunkStore, service: AnswerService, size: int) -> None:
+def _fill(store: ChunkStore, service: AnswerService, size: int, rows: list[Row]) -> None:
+    """Write ``size`` synthetic chunks, commit them and save their keyword index, as ``python -m ingest`` would
+    (``rows``: their keyword rows, tokenised on the first call and reused by the next mode)."""
     batch: list = []
+    tokenise = not rows
     for row in _synthetic(service, size):
         batch.append(row)
+        if tokenise:
+            rows.append(row_for(row[0], row[1], row[2]))
         if len(batch) == 5000:
             store.add_chunks(*map(list, zip(*batch, strict=True)))
             batch = []
@@ -124,25 +165,53 @@ def _fill(store: ChunkStore, service: AnswerService, size: int) -> None:
         store.add_chunks(*map(list, zip(*batch, strict=True)))
     for doc in range((size + 99) // 100):
         store.commit_file(FileRecord(f"/synthetic/{doc}", "g1", f"synthetic-{doc}", 100))
+    keyword.sync(store, rows)
 
 
-def _scale_point(settings: Settings, service: AnswerService, size: int, questions: list[str]) -> dict:
+def _dense_modes(retriever, vectors: list[np.ndarray], per_list: int = 20) -> dict:
+    """Dense search as the retriever does it (one filtered query per language) vs one unfiltered query for twice
+    the depth, split by language afterwards; p50 ms each and how much of the per-language lists the single query
+    recovers."""
+    per_lang, single, recall = [], [], []
+    langs = retriever.languages
+    for vector in vectors:
+        t0 = time.perf_counter()
+        lists = {lang: [c.id for c, _ in retriever.dense(vector, per_list, where={"lang": lang})] for lang in langs}
+        per_lang.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        got = retriever.dense(vector, per_list * len(langs))
+        single.append(time.perf_counter() - t0)
+        ids = {c.id for c, _ in got}
+        want = [i for ids_ in lists.values() for i in ids_]
+        recall.append(sum(i in ids for i in want) / max(1, len(want)))
+    return {"per_language_p50_ms": _pct(per_lang, 50), "single_query_p50_ms": _pct(single, 50),
+            "single_query_recall": round(float(np.mean(recall)), 3)}
+
+
+def _scale_point(settings: Settings, service: AnswerService, size: int, questions: list[str], rows: list) -> dict:
     store = ChunkStore(settings)
     start = time.perf_counter()
-    _fill(store, service, size)
+    _fill(store, service, size, rows)
     fill_s = time.perf_counter() - start
+    rss_before = _rss_mb()
+    start = time.perf_counter()
     scaled = AnswerService(settings, embedder=service.embedder, store=store)
+    start_s = time.perf_counter() - start
     latencies = []
     for q in questions:
         t0 = time.perf_counter()
         scaled.ask(q)
         latencies.append(time.perf_counter() - t0)
+    vectors = [service.embedder.encode_queries([q])[0] for q in questions[:10]]
     return {
         "chunks": store.count(),
         "fill_s": round(fill_s, 1),
+        "service_start_s": round(start_s, 2),
         "p50_ms": _pct(latencies, 50),
         "p95_ms": _pct(latencies, 95),
         "rss_mb": _rss_mb(),
+        "rss_growth_mb": round(_rss_mb() - rss_before, 1),
+        "dense": _dense_modes(scaled.retriever, vectors),
     }
 
 
@@ -154,10 +223,14 @@ def _scale(base: Settings, service: AnswerService, questions: list[str], sizes, 
     }
     for size in sizes:
         tmp = Path(tempfile.mkdtemp(prefix="dotchi-scale-"))
+        rows: list = []
+        trained = base.store_path.parent / "reader"  # the readers live beside the store: reuse, don't retrain
+        if trained.is_dir():
+            shutil.copytree(trained, tmp / "reader")
         try:
             _log(f"scale {size} chunks, Chroma embedded")
             settings = replace_settings(base, store_path=tmp / "chroma", collection=f"scale{size}", chroma_host=None)
-            out["embedded"][str(size)] = _scale_point(settings, service, size, questions)
+            out["embedded"][str(size)] = _scale_point(settings, service, size, questions, rows)
             if server:
                 port = _free_port()
                 proc = subprocess.Popen(
@@ -178,9 +251,10 @@ def _scale(base: Settings, service: AnswerService, questions: list[str], sizes, 
                     _wait_port(port)
                     _log(f"scale {size} chunks, Chroma server :{port}")
                     settings = replace_settings(
-                        base, collection=f"scale{size}", chroma_host="127.0.0.1", chroma_port=port
+                        base, store_path=tmp / "client", collection=f"scale{size}", chroma_host="127.0.0.1",
+                        chroma_port=port
                     )
-                    out["server"][str(size)] = _scale_point(settings, service, size, questions)
+                    out["server"][str(size)] = _scale_point(settings, service, size, questions, rows)
                 finally:
                     proc.terminate()
                     proc.wait(timeout=30)
@@ -234,8 +308,10 @@ def bench(settings: Settings, sizes=SCALE_SIZES, server: bool = True, out_dir: P
     items = load_items(settings.corpus_dir / "dev_set.jsonl")
     _log("ingest check (default store)")
     run_ingest(settings, quiet=True)
-    _log("cold start (fresh process, first answer)")
-    cold = _cold_start(items[0]["question"])
+    _log("cold start (fresh process, first answer) vs its floor (import torch + sentence-transformers, load, embed)")
+    cold, cold_floor = _cold_start(items[0]["question"])
+    _log("serving RSS (python -m bot serve)")
+    serve_rss = _serving_rss(settings)
     service = AnswerService(settings)
     embedder = service.embedder
     questions = [i["question"] for i in items]
@@ -275,7 +351,7 @@ def bench(settings: Settings, sizes=SCALE_SIZES, server: bool = True, out_dir: P
         _log("ingest throughput (e5, fresh store) vs raw embedding")
         e5_settings = replace_settings(settings, store_path=tmp / "e5", collection="e5ingest", chroma_host=None)
         ingest_report = run_ingest(e5_settings, embedder=embedder, quiet=True)
-        texts = [f"{c.metadata.get('title', '')}\n{c.text}" for c in service.retriever.chunks]
+        texts = [indexed_text(c.metadata.get("title", ""), c.text) for c in service.retriever.chunks]
         t0 = time.perf_counter()
         embedder.encode_documents(texts)
         raw_s = time.perf_counter() - t0
@@ -293,7 +369,9 @@ def bench(settings: Settings, sizes=SCALE_SIZES, server: bool = True, out_dir: P
         "naive_minilm_p50": quality["naive_minilm"]["p50_ms"],
         "embedding_floor_p50": _pct(floor, 50),
         "cold_start_s": cold,
+        "cold_start_floor_s": cold_floor,
     }
+    p95 = {mode: {s: p["p95_ms"] for s, p in points.items()} for mode, points in scale.items() if mode != "note"}
     report = {
         "quality": quality,
         "latency_ms": latency,
@@ -308,9 +386,12 @@ def bench(settings: Settings, sizes=SCALE_SIZES, server: bool = True, out_dir: P
             ),
             "dotchi_p50_over_naive_p50": round(latency["dotchi_p50"] / max(latency["naive_e5_p50"], 1e-9), 2),
             "ingest_over_raw_embedding": round(ingest_rate / raw_rate, 3),
+            "cold_start_over_floor": round(cold / max(cold_floor, 1e-9), 2),
+            **{f"{mode}_p95_largest_over_smallest": _spread(v) for mode, v in p95.items() if v},
         },
         "scale": scale,
-        "rss_mb": {"now": _rss_mb(), "peak": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
+        "rss_mb": {"serving": serve_rss, "bench_now": _rss_mb(),
+                   "bench_peak": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
         "machine": {
             "python": platform.python_version(),
             "platform": platform.platform(),
@@ -323,6 +404,12 @@ def bench(settings: Settings, sizes=SCALE_SIZES, server: bool = True, out_dir: P
     (out_dir / "bench.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
     _plot(scale, out_dir / "latency_vs_size.png")
     return report
+
+
+def _spread(p95: dict[str, float]) -> float:
+    """p95 at the largest scale point over p95 at the smallest."""
+    sizes = sorted(map(int, p95))
+    return round(p95[str(sizes[-1])] / max(p95[str(sizes[0])], 1e-9), 2)
 
 
 def _torch_threads() -> int:
@@ -343,21 +430,27 @@ def table(report: dict) -> str:
         f"| naive MiniLM (top-4) | — | {q['naive_minilm']['section_hit_rate']} | — | {lat['naive_minilm_p50']} | "
         f"{q['naive_minilm']['p95_ms']} |",
         "",
-        f"embedding floor p50 {lat['embedding_floor_p50']} ms; cold start {lat['cold_start_s']} s; "
+        f"embedding floor p50 {lat['embedding_floor_p50']} ms; cold start {lat['cold_start_s']} s "
+        f"(floor {lat.get('cold_start_floor_s', '—')} s); serving RSS {report['rss_mb'].get('serving', '—')} MB; "
         f"ingest {report['throughput']['ingest_chunks_per_s']} chunks/s vs raw "
         f"{report['throughput']['raw_embedding_chunks_per_s']} chunks/s",
         f"ratios: {json.dumps(r)}",
         "",
-        "| chunks | embedded p50 / p95 ms | embedded RSS MB | server p50 / p95 ms | server RSS MB |",
-        "|---|---|---|---|---|",
+        "| chunks | embedded p50 / p95 ms | start s | RSS MB (growth) | dense per-lang / single ms (recall) "
+        "| server p50 / p95 ms | start s | RSS MB (growth) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for size, point in report["scale"]["embedded"].items():
         srv = report["scale"]["server"].get(size, {})
+        dense = point.get("dense", {})
         lines.append(
-            f"| {size} | {point['p50_ms']} / {point['p95_ms']} | {point['rss_mb']} | "
-            f"{srv.get('p50_ms', '—')} / {srv.get('p95_ms', '—')} | {srv.get('rss_mb', '—')} |"
+            f"| {size} | {point['p50_ms']} / {point['p95_ms']} | {point.get('service_start_s', '—')} | "
+            f"{point['rss_mb']} ({point.get('rss_growth_mb', '—')}) | {dense.get('per_language_p50_ms', '—')} / "
+            f"{dense.get('single_query_p50_ms', '—')} ({dense.get('single_query_recall', '—')}) | "
+            f"{srv.get('p50_ms', '—')} / {srv.get('p95_ms', '—')} | {srv.get('service_start_s', '—')} | "
+            f"{srv.get('rss_mb', '—')} ({srv.get('rss_growth_mb', '—')}) |"
         )
-    lines.append(f"\npeak RSS {report['rss_mb']['peak']} MB")
+    lines.append(f"\nbench process peak RSS {report['rss_mb'].get('bench_peak', '—')} MB")
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""Hybrid retrieval: dense (Chroma, searched once per corpus language) + BM25 (Sudachi terms), fused with RRF.
+"""Hybrid retrieval: dense (Chroma, searched once per corpus language) + BM25 (Sudachi terms, the keyword index
+ingest saved beside the store), fused with RRF.
 
 Searching each language separately and fusing keeps a Japanese question from only ever seeing Japanese chunks
 (multilingual-e5 ranks same-language passages first), so JA→EN and EN→JA retrieval both work.
@@ -6,15 +7,17 @@ Searching each language separately and fusing keeps a Japanese question from onl
 
 from __future__ import annotations
 
-from collections import Counter
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import sparse
 
 from bot.text import tokenize
+from ingest import keyword
 from ingest.embeddings import Embedder
-from ingest.pipeline import embedding_text_for
+from ingest.keyword import KeywordIndex
 from ingest.store import ChunkStore, StoredChunk
 
 
@@ -27,59 +30,99 @@ class Hit:
     ranks: dict[str, int] = field(default_factory=dict)
 
 
-class BM25Index:
-    """Okapi BM25 over pre-tokenised documents; query = sum of precomputed per-term weight columns."""
+class LiveChunks(Sequence[StoredChunk]):
+    """The live chunks in keyword-index row order. ``len()`` comes from the index; the texts are read from the store
+    only when the sequence is iterated or indexed (eval, bench, tests) — the answer path never does that."""
 
-    def __init__(self, docs: list[list[str]], k1: float = 1.2, b: float = 0.75) -> None:
-        self.vocab: dict[str, int] = {}
-        rows, cols, tfs = [], [], []
-        lengths = np.zeros(len(docs), dtype=np.float32)
-        for i, terms in enumerate(docs):
-            lengths[i] = len(terms)
-            for term, tf in Counter(terms).items():
-                rows.append(i)
-                cols.append(self.vocab.setdefault(term, len(self.vocab)))
-                tfs.append(tf)
-        n_docs = max(len(docs), 1)
-        tf = sparse.csr_matrix(
-            (np.array(tfs, dtype=np.float32), (rows, cols)), shape=(len(docs), max(len(self.vocab), 1))
-        )
-        df = np.bincount(np.array(cols, dtype=np.int64), minlength=max(len(self.vocab), 1)).astype(np.float32)
-        idf = np.log(1.0 + (n_docs - df + 0.5) / (df + 0.5)).astype(np.float32)
-        avgdl = float(lengths.mean()) if len(docs) else 1.0
-        norm = k1 * (1 - b + b * lengths / max(avgdl, 1e-6))
-        coo = tf.tocoo()
-        weights = idf[coo.col] * coo.data * (k1 + 1) / (coo.data + norm[coo.row])
-        self.weights = sparse.csc_matrix((weights, (coo.row, coo.col)), shape=tf.shape)
-        self.n_docs = len(docs)
+    def __init__(self, store: ChunkStore, index: KeywordIndex) -> None:
+        self.store, self.index = store, index
+        self._chunks: list[StoredChunk] | None = None
+        self._lock = threading.Lock()
 
-    def scores(self, query_terms: list[str]) -> np.ndarray:
-        ids = [self.vocab[t] for t in dict.fromkeys(query_terms) if t in self.vocab]
-        if not ids or self.n_docs == 0:
-            return np.zeros(self.n_docs, dtype=np.float32)
-        return np.asarray(self.weights[:, ids].sum(axis=1)).ravel()
+    def _all(self) -> list[StoredChunk]:
+        with self._lock:
+            if self._chunks is None:
+                ids = [self.index.chunk_id(i) for i in range(len(self.index))]
+                self._chunks = [c for start in range(0, len(ids), 5000)
+                                for c in self.store.get_chunks(ids[start : start + 5000])]
+            return self._chunks
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item):  # type: ignore[override]
+        return self._all()[item]
+
+    def __iter__(self) -> Iterator[StoredChunk]:
+        return iter(self._all())
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == other if isinstance(other, list) else NotImplemented
+
+
+@dataclass(frozen=True)
+class _View:
+    """What one search reads: the keyword index and the live-generation map of one store state."""
+
+    digest: str
+    live: dict[str, str]
+    index: KeywordIndex
+    chunks: LiveChunks
 
 
 class HybridRetriever:
-    """Loads the live chunks once (for BM25 and section look-ups); dense search goes to Chroma each time."""
+    """Opens the keyword index ingest saved for the store's current state (nothing is re-tokenised or read in
+    full); dense search goes to Chroma each time. A new store state (a re-ingest) is picked up by the next search
+    after ``check_interval`` seconds, without a restart."""
 
-    def __init__(self, store: ChunkStore, embedder: Embedder, rrf_k: int = 60, per_list: int = 20) -> None:
+    def __init__(
+        self, store: ChunkStore, embedder: Embedder, rrf_k: int = 60, per_list: int = 20, check_interval: float = 5.0
+    ) -> None:
         """``rrf_k``, ``per_list``: the fusion constant and the candidates per ranked list (Settings.rrf_k,
-        Settings.retrieval_per_list)."""
+        Settings.retrieval_per_list); ``check_interval``: seconds between checks for a re-ingested store."""
         self.store = store
         self.embedder = embedder
         self.rrf_k = rrf_k
         self.per_list = per_list
+        self.check_interval = check_interval
+        self._lock = threading.Lock()
+        self._checked = 0.0
         self.refresh()
 
-    def refresh(self) -> None:
-        """Re-read the store (after an ingest)."""
-        self.live = {path: rec.file_hash for path, rec in self.store.manifest().items()}
-        self.chunks: list[StoredChunk] = list(self.store.iter_chunks(live_only=True))
-        self.by_id = {c.id: i for i, c in enumerate(self.chunks)}
-        self.bm25 = BM25Index([tokenize(embedding_text_for(c.metadata.get("title", ""), c.text)) for c in self.chunks])
-        self.languages = sorted({c.metadata.get("lang", "en") for c in self.chunks}) or ["en"]
-        self.sections = sorted({str(c.metadata.get("section", "")) for c in self.chunks})
+    def refresh(self, state: tuple[dict[str, str], str] | None = None) -> None:
+        """Re-read the store's state and open its keyword index (after an ingest)."""
+        live, digest = state or self.store.live_state()
+        index = keyword.sync(self.store, state=(live, digest))
+        self._view = _View(digest, live, index, LiveChunks(self.store, index))
+        self._checked = time.monotonic()
+
+    def refresh_if_changed(self) -> bool:
+        """Switch to the store's current state when it changed since the last look; True when it did."""
+        with self._lock:
+            self._checked = time.monotonic()
+            state = self.store.live_state()
+            if state[1] == self._view.digest:
+                return False
+            self.refresh(state)
+            return True
+
+    def _current(self) -> _View:
+        if time.monotonic() - self._checked >= self.check_interval:
+            self.refresh_if_changed()
+        return self._view
+
+    # Attributes of the current view, for callers of the earlier retriever.
+    live = property(lambda self: self._view.live)
+    bm25 = property(lambda self: self._view.index)
+    index = property(lambda self: self._view.index)
+    chunks = property(lambda self: self._view.chunks)
+    languages = property(lambda self: self._view.index.languages or ["en"])
+    sections = property(lambda self: self._view.index.sections)
+
+    @property
+    def by_id(self) -> dict[str, int]:
+        index = self._view.index
+        return {index.chunk_id(i): i for i in range(len(index))}
 
     def embed_query(self, question: str) -> np.ndarray:
         return self.embedder.encode_queries([question])[0]
@@ -93,7 +136,8 @@ class HybridRetriever:
         per_list: int | None = None,
     ) -> list[Hit]:
         """Fuse dense-per-language and BM25 rankings with reciprocal rank fusion."""
-        if not self.chunks:
+        view = self._current()
+        if not len(view.index):
             return []
         vector = self.embed_query(question) if vector is None else vector
         per_list = per_list or self.per_list
@@ -106,17 +150,18 @@ class HybridRetriever:
             hit.bm25 = max(hit.bm25, bm25)
             hit.ranks[source] = rank
 
-        for lang in self.languages:
+        for lang in view.index.languages or ["en"]:
             for rank, (chunk, sim) in enumerate(self.dense(vector, per_list, where={"lang": lang}), start=1):
                 add(chunk, rank, f"dense_{lang}", dense=sim)
-        scores = self.bm25.scores(tokenize(question) + list(extra_terms or []))
-        top = np.argsort(-scores)[:per_list]
-        for rank, idx in enumerate((i for i in top if scores[i] > 0), start=1):
-            add(self.chunks[idx], rank, "bm25", bm25=float(scores[idx]))
+        top = view.index.top(tokenize(question) + list(extra_terms or []), per_list)
+        scores = {view.index.chunk_id(row): score for row, score in top}
+        # Texts for the hits only; a chunk deleted since the index was opened (a re-ingest) is skipped.
+        for rank, chunk in enumerate(self.store.get_chunks(list(scores)), start=1):
+            add(chunk, rank, "bm25", bm25=scores[chunk.id])
         return sorted(hits.values(), key=lambda h: -h.score)[:k]
 
     def dense(self, vector: np.ndarray, k: int, where: dict | None = None) -> list[tuple[StoredChunk, float]]:
-        return self.store.query(vector, k, live=self.live, where=where)
+        return self.store.query(vector, k, live=self._current().live, where=where)
 
     def sections_under(self, section: str) -> list[str]:
         return [s for s in self.sections if s == section or s.startswith(section + ".")]

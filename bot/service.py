@@ -18,7 +18,7 @@ from bot.knowledge import load_content_asks, load_flow, load_sources
 from bot.retrieval import HybridRetriever
 from bot.text import clip_question, detect_language, normalize_question, tokenize
 from ingest.config import Settings
-from ingest.embeddings import Embedder, load_embedder
+from ingest.embeddings import DocumentMemo, Embedder, load_embedder
 from ingest.store import ChunkStore
 
 TASK_EVIDENCE_K = 8  # candidates per section when the claim is about a task (one that names the task is preferred)
@@ -59,7 +59,7 @@ class AnswerService:
         self.engine = DecisionEngine(
             self.flow,
             self.embedder.encode_queries,
-            self.embedder.encode_documents,
+            DocumentMemo(self.embedder, settings.model_cache_dir),  # task vectors memoised on disk: no re-embedding
             semantic_task_min=settings.semantic_task_min,
         )
         self.gate = gate or Gate.from_settings(settings)

@@ -1,114 +1,14 @@
-"""Text helpers for questions and BM25: normalisation, clipping and a Japanese-aware tokenizer (SudachiPy)."""
+"""Text helpers for questions: normalisation and clipping; BM25 terms come from ingest.terms, the language detector
+from ingest.text (both re-exported here)."""
 
 from __future__ import annotations
 
 import re
-import threading
 import unicodedata
 from functools import lru_cache
 
-from ingest.text import ASCII_WORD, CJK, stem
+from ingest.terms import EN_STOPWORDS, tokenize  # noqa: F401 (EN_STOPWORDS re-exported)
 from ingest.text import detect_language as detect_language  # re-exported: the one detector lives in ingest
-
-_SUDACHI_MAX_BYTES = 40_000  # Sudachi rejects inputs near 49 kB; longer text is tokenised in pieces
-
-# Small English stop list: BM25 idf already discounts common words, this only drops pure function words.
-EN_STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "and",
-        "or",
-        "of",
-        "to",
-        "in",
-        "on",
-        "for",
-        "with",
-        "by",
-        "at",
-        "from",
-        "as",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "being",
-        "it",
-        "its",
-        "this",
-        "that",
-        "these",
-        "those",
-        "i",
-        "we",
-        "you",
-        "they",
-        "he",
-        "she",
-        "my",
-        "our",
-        "your",
-        "their",
-        "me",
-        "us",
-        "do",
-        "does",
-        "did",
-        "should",
-        "would",
-        "could",
-        "can",
-        "will",
-        "shall",
-        "may",
-        "might",
-        "must",
-        "what",
-        "which",
-        "who",
-        "whom",
-        "how",
-        "why",
-        "when",
-        "where",
-        "there",
-        "here",
-        "than",
-        "then",
-        "so",
-        "if",
-        "not",
-        "no",
-        "yes",
-        "about",
-        "into",
-        "over",
-        "under",
-        "up",
-        "out",
-        "any",
-        "some",
-        "all",
-        "more",
-        "most",
-        "such",
-        "very",
-        "just",
-        "also",
-        "only",
-        "own",
-        "same",
-        "other",
-        "too",
-        "s",
-        "t",
-    ]
-)
-_JA_SKIP_POS = {"助詞", "助動詞", "補助記号", "空白", "記号"}
 
 
 def normalize_question(text: str) -> str:
@@ -116,70 +16,6 @@ def normalize_question(text: str) -> str:
     text = unicodedata.normalize("NFKC", text)
     text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") else c for c in text)
     return re.sub(r"\s+", " ", text).strip()
-
-
-class _Sudachi:
-    """One Sudachi tokenizer per thread (it is not thread-safe)."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def get(self):
-        tok = getattr(self._local, "tok", None)
-        if tok is None:
-            from sudachipy import Dictionary, SplitMode
-
-            tok = Dictionary(dict="core").tokenizer(mode=SplitMode.A)
-            self._local.tok = tok
-        return tok
-
-
-_SUDACHI = _Sudachi()
-
-
-def _pieces(text: str) -> list[str]:
-    pieces, current, size = [], [], 0
-    for part in re.split(r"(?<=[。！？!?\n])", text):
-        n = len(part.encode())
-        if size + n > _SUDACHI_MAX_BYTES and current:
-            pieces.append("".join(current))
-            current, size = [], 0
-        while n > _SUDACHI_MAX_BYTES:  # a single huge "sentence"
-            cut = _SUDACHI_MAX_BYTES // 4
-            pieces.append(part[:cut])
-            part = part[cut:]
-            n = len(part.encode())
-        current.append(part)
-        size += n
-    if current:
-        pieces.append("".join(current))
-    return pieces
-
-
-def _latin_terms(text: str) -> list[str]:
-    """Lower-case words minus stop words, stemmed ("models" -> "model", "reasoning" -> "reason")."""
-    return [stem(word) for word in ASCII_WORD.findall(text) if word not in EN_STOPWORDS]
-
-
-def tokenize(text: str) -> list[str]:
-    """BM25 terms: Sudachi (mode A) normalised forms for Japanese, lower-cased words for Latin script."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    if not CJK.search(text):
-        return _latin_terms(text)
-    terms: list[str] = []
-    tok = _SUDACHI.get()
-    for piece in _pieces(text):
-        for m in tok.tokenize(piece):
-            if m.part_of_speech()[0] in _JA_SKIP_POS:
-                continue
-            surface = m.surface().strip()
-            if not surface:
-                continue
-            if surface.isascii():
-                terms.extend(_latin_terms(surface))
-            else:
-                terms.append(m.normalized_form().lower())
-    return terms
 
 
 @lru_cache(maxsize=4096)

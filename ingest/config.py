@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     def uses_server(self) -> bool:
         return self.chroma_host is not None
 
+    @property
+    def keyword_dir(self) -> Path:
+        """Where the keyword index of this store and collection is kept: beside the on-disk store (for a Chroma
+        server, beside ``store_path`` on this machine, one folder per server)."""
+        where = f"server-{self.chroma_host}-{self.chroma_port}" if self.uses_server else "local"
+        return self.store_path.parent / f"{self.store_path.name}-keyword" / where / self.collection
+
     def describe_store(self) -> str:
         if self.uses_server:
             return f"Chroma server http://{self.chroma_host}:{self.chroma_port} (collection '{self.collection}')"

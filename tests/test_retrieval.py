@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bot.retrieval import BM25Index, HybridRetriever
+from bot.retrieval import HybridRetriever
 from bot.text import tokenize
 from ingest.config import Settings
 from ingest.store import ChunkStore
@@ -22,33 +22,6 @@ def meta(chunk, key: str) -> str:
 @pytest.fixture(scope="module")
 def retriever(bot_service) -> HybridRetriever:
     return bot_service.retriever
-
-
-# ---------------------------------------------------------------------------------------------- BM25Index alone
-def test_bm25_scores_only_matching_documents() -> None:
-    """Documents without any query term score 0; a rarer term outweighs a common one."""
-    index = BM25Index([["llm", "label"], ["llm", "sentiment"], ["llm", "ner"], ["cat"]])
-    scores = index.scores(["sentiment"])
-    assert scores[1] > 0 and scores[[0, 2, 3]].tolist() == [0, 0, 0]
-    both = index.scores(["llm", "sentiment"])
-    assert both[1] > both[0] > 0
-    assert index.scores(["sentiment"])[1] > index.scores(["llm"])[1]  # idf: rare term weighs more
-
-
-def test_bm25_unknown_terms_and_empty_index() -> None:
-    """Unknown query terms give zeros; an empty index gives an empty array; repeated query terms count once."""
-    index = BM25Index([["a", "b"], ["b"]])
-    assert index.scores(["zzz"]).tolist() == [0.0, 0.0]
-    assert index.scores([]).tolist() == [0.0, 0.0]
-    assert np.allclose(index.scores(["a", "a", "a"]), index.scores(["a"]))
-    assert BM25Index([]).scores(["a"]).shape == (0,)
-
-
-def test_bm25_length_normalisation() -> None:
-    """The same term count in a longer document scores lower (b > 0)."""
-    index = BM25Index([["x", "y"], ["x", "y", "z", "w", "v", "u"], ["q"]])
-    scores = index.scores(["x"])
-    assert scores[0] > scores[1] > 0
 
 
 # ---------------------------------------------------------------------------------------------- corpus store
