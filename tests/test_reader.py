@@ -78,11 +78,6 @@ def read(service, question: str):
     return service.engine.reader.read(text.lower(), service.retriever.embed_query(text))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 11 open): the final reader reads 18 of 27 unseen paraphrases; far_from_lm, multi_task "
-    "and needs_scaling only 1 of 3 each. strict: when it passes, remove this marker.",
-)
 def test_unseen_paraphrases_of_each_condition_are_read(bot_service, reader) -> None:
     misses = []
     total = 0
