@@ -35,11 +35,45 @@ from bot.knowledge import DecisionFlow, KnowledgeError, read_jsonl
 from bot.lexicon import Lexicon, load_lexicon
 from bot.text import normalize_question
 
-READER_VERSION = 2
+READER_VERSION = 3
 VALUES = ("no", "unstated", "yes")
 INTENTS = ("content", "decision", "offtopic")
 NO_TASK = "-"
 _SENTENCE = re.compile(r"(?<=[。！？!?\n])|(?<=[.;])\s+|(?<=[、,])(?=.{25,})")
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b``; for a few rows without BLAS, whose threads made a one-question product take 20-40 ms instead of
+    1 ms on this busy 2-core machine."""
+    return np.einsum("ij,jk->ik", a, b) if a.shape[0] <= 16 else a @ b
+
+
+MAX_SEGMENTS = 12  # a longer question's neighbouring sentences are merged (bounds the sentence-embedding cost)
+
+
+def segments(text: str) -> list[tuple[int, int]]:
+    """Character ranges of the question's sentences and long clauses (stripped, non-empty), in order; at most
+    ``MAX_SEGMENTS`` (neighbours merged evenly)."""
+    out: list[tuple[int, int]] = []
+    start = 0
+    for m in [*_SENTENCE.finditer(text), None]:
+        end = len(text) if m is None else m.start()
+        if m is not None and m.end() == start == end:
+            continue
+        piece = text[start:end]
+        if piece.strip():
+            lead = len(piece) - len(piece.lstrip())
+            out.append((start + lead, start + len(piece.rstrip())))
+        if m is not None:
+            start = m.end()
+    if len(out) > MAX_SEGMENTS:
+        bounds = np.linspace(0, len(out), MAX_SEGMENTS + 1).round().astype(int)
+        out = [(out[a][0], out[b - 1][1]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return out or [(0, len(text))]
+
+
+def segment_texts(text: str) -> list[str]:
+    return [text[a:b] for a, b in segments(text)]
 
 
 @dataclass(frozen=True)
@@ -54,13 +88,20 @@ class ReaderConfig:
     c_condition: float = 4.0
     c_task: float = 8.0
     c_consideration: float = 4.0
-    task_min_p: float = 0.35  # below: no task is taken
+    task_min_p: float = 0.15  # below: no task (5-fold CV, 0.35 -> 0.15: task 62.8 -> 69.1 %, verdict 86.5 -> 87.2 %)
     consideration_min_p: float = 0.5
     min_positives: int = 4  # a consideration with fewer labelled examples falls back to its cue phrases
     yes_min_p: float | None = None  # None: the likeliest value wins
     neighbours: bool = True  # similarity to labelled questions/evidence spans per reading (see Neighbours)
     neighbour_weight: float = 0.3
     balanced_conditions: bool = True  # 5-fold CV by scenario: verdict 80.0 % balanced vs 67.7 % unweighted
+    threads: int = 2  # the output models are fitted side by side
+    tol: float = 1e-3  # newton-cg stopping tolerance: 1e-3 halves training time vs sklearn's 1e-4 (see README)
+    sentences: bool = True  # per-sentence condition scores (SentenceScorer), pooled into the question's row
+    sentence_alpha: float = 1.0  # ridge penalty of the sentence scorer
+    sentence_positive_weight: float = 3.0
+    sentence_weight: float = 1.0
+    sentence_folds: int = 3  # the training rows' sentence scores come from models that did not see their scenario
 
 
 @dataclass
@@ -163,6 +204,7 @@ class Featurizer:
         self.config = config
         self.rules = RuleReader(flow, lexicon)
         self.neighbours: Neighbours | None = None
+        self.sentences: SentenceScorer | None = None
         self.dimension = 0
         self.ngrams = TfidfVectorizer(
             analyzer="char_wb",
@@ -215,22 +257,31 @@ class Featurizer:
         return sparse.hstack([grams, cues], format="csr")
 
     def transform(
-        self, texts: Sequence[str], vectors: np.ndarray, groups: Sequence[str] | None = None
+        self,
+        texts: Sequence[str],
+        vectors: np.ndarray,
+        groups: Sequence[str] | None = None,
+        pooled: np.ndarray | None = None,
     ) -> sparse.csr_matrix:
-        """``groups``: the training rows' scenarios (their own scenario is left out of the neighbour features)."""
+        """``groups``: the training rows' scenarios (their own scenario is left out of the neighbour features);
+        ``pooled``: the rows' pooled sentence scores (SentenceScorer.pool), when the reader has sentence scores."""
         vectors = np.asarray(vectors, dtype=np.float32)
         blocks = [self.lexical(texts), sparse.csr_matrix(vectors * self.config.embedding_weight)]
         if self.neighbours is not None:
             near = self.neighbours.features(vectors, groups) * self.config.neighbour_weight
             blocks.append(sparse.csr_matrix(near.astype(np.float32)))
+        if self.sentences is not None:
+            if pooled is None:
+                raise ValueError("this reader scores sentences: pass their pooled scores")
+            blocks.append(sparse.csr_matrix(np.asarray(pooled, dtype=np.float32) * self.config.sentence_weight))
         return sparse.hstack(blocks, format="csr")
 
 
-def _fit_lr(x, y, c: float, balanced: bool = False):
+def _fit_lr(x, y, c: float, balanced: bool = False, tol: float = 1e-4):
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(
-        C=c, solver="newton-cg", max_iter=500, class_weight="balanced" if balanced else None, random_state=0
+        C=c, solver="newton-cg", max_iter=500, tol=tol, class_weight="balanced" if balanced else None, random_state=0
     )
     return model.fit(x, y)
 
@@ -277,19 +328,157 @@ class Neighbours:
         return out
 
     def raw(self, vectors: np.ndarray, groups: Sequence[str] | None = None) -> np.ndarray:
-        sims = np.asarray(vectors, dtype=np.float32) @ self.vectors.T
+        sims = _matmul(np.asarray(vectors, dtype=np.float32), self.vectors.T)
         if groups is not None:  # leave the question's own scenario out
             sims[np.asarray(groups)[:, None] == self.groups[None, :]] = -1.0
         out = np.zeros((sims.shape[0], 2 * len(self.keys)), dtype=np.float32)
         for k, cols in enumerate(self.columns):
             block = sims[:, cols]
-            top = -np.sort(-block, axis=1)[:, :3] if block.shape[1] > 3 else block
-            out[:, 2 * k] = block.max(axis=1)
-            out[:, 2 * k + 1] = top.mean(axis=1)
+            top = np.partition(block, -3, axis=1)[:, -3:] if block.shape[1] > 3 else block
+            out[:, 2 * k] = top.max(axis=1)
+            out[:, 2 * k + 1] = top.sum(axis=1) / top.shape[1]
         return out
 
     def features(self, vectors: np.ndarray, groups: Sequence[str] | None = None) -> np.ndarray:
         return (self.raw(vectors, groups) - self.mean) / self.std
+
+
+class SentenceScorer:
+    """Per Figure 2 condition, how strongly a single sentence states "yes" and "no" (a sentence's e5 vector and
+    the flow's cue indicators for it, one ridge regression for all conditions: closed form, milliseconds). A
+    question's score for a condition is the highest over its sentences, so the one sentence of a long story that
+    mentions adversarial users counts as much as a one-line question would. Trained on the labelled evidence spans
+    and the sentences that contain them (their condition's value) and every other sentence (neither)."""
+
+    def __init__(self, flow: DecisionFlow, coef: np.ndarray, intercept: np.ndarray) -> None:
+        self.flow = flow
+        self.coef = coef.astype(np.float32)  # (features, conditions * 2): per condition "yes", then "no"
+        self.intercept = intercept.astype(np.float32)
+
+    @staticmethod
+    def cue_block(flow: DecisionFlow, texts: Sequence[str]) -> np.ndarray:
+        rows = []
+        for text in texts:
+            stemmed = stem_text(text)
+            for cond in flow.conditions:
+                rows.append(float(any_phrase(text, cond.cues_yes, stemmed)))
+                rows.append(float(any_phrase(text, cond.cues_no, stemmed)))
+        return np.asarray(rows, dtype=np.float32).reshape(len(texts), 2 * len(flow.conditions))
+
+    @classmethod
+    def design(cls, flow: DecisionFlow, texts: Sequence[str], vectors: np.ndarray) -> np.ndarray:
+        return np.hstack([np.asarray(vectors, dtype=np.float32), cls.cue_block(flow, texts)])
+
+    def scores(self, texts: Sequence[str], vectors: np.ndarray) -> np.ndarray:
+        """(sentences, conditions, 2): each sentence's "yes" and "no" score for each condition."""
+        out = _matmul(self.design(self.flow, texts, vectors), self.coef) + self.intercept
+        return out.reshape(len(texts), len(self.flow.conditions), 2)
+
+    @staticmethod
+    def pool(scores: np.ndarray) -> np.ndarray:
+        """Per condition: the highest "yes" and the highest "no" score over the question's sentences."""
+        return scores.max(axis=0).ravel()
+
+    @classmethod
+    def fit(
+        cls, flow: DecisionFlow, x: np.ndarray, labels: Sequence[dict[str, str]], alpha: float, positive_weight: float
+    ) -> SentenceScorer:
+        """``x``: the rows' ``design`` matrix; rows stating some condition weigh ``positive_weight``."""
+        y = np.zeros((x.shape[0], 2 * len(flow.conditions)), dtype=np.float64)
+        for r, row in enumerate(labels):
+            for j, cond in enumerate(flow.conditions):
+                value = row.get(cond.id)
+                if value is not None:
+                    y[r, 2 * j + (0 if value == "yes" else 1)] = 1.0
+        w = np.where(y.any(axis=1), positive_weight, 1.0)[:, None]
+        xd = x.astype(np.float64)
+        mean_x = (w * xd).sum(axis=0) / w.sum()
+        mean_y = (w * y).sum(axis=0) / w.sum()
+        xc, yc = (xd - mean_x) * np.sqrt(w), (y - mean_y) * np.sqrt(w)
+        coef = np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ yc)
+        return cls(flow, coef, mean_y - mean_x @ coef)
+
+
+def sentence_rows(
+    examples: Sequence[Example],
+    segment_vectors: Sequence[np.ndarray],
+    spans: dict[str, np.ndarray],
+) -> tuple[list[str], np.ndarray, list[dict[str, str]], list[int]]:
+    """Training rows of the sentence scorer: every sentence of every question (labelled with the conditions whose
+    evidence span overlaps it) and every evidence span itself; plus which example each row came from."""
+    texts: list[str] = []
+    vectors: list[np.ndarray] = []
+    labels: list[dict[str, str]] = []
+    owner: list[int] = []
+    for i, (example, seg_vectors) in enumerate(zip(examples, segment_vectors, strict=True)):
+        text = example.text.lower()
+        ranges = segments(text)
+        found: list[dict[str, str]] = [{} for _ in ranges]
+        for cid, value in example.conditions.items():
+            phrase = example.evidence.get(cid)
+            if not phrase:
+                continue
+            needle = normalize_question(phrase).lower()
+            at = text.find(needle)
+            if at >= 0:
+                for k, (a, b) in enumerate(ranges):
+                    if a < at + len(needle) and at < b:
+                        found[k][cid] = value
+            if phrase in spans:
+                texts.append(needle)
+                vectors.append(spans[phrase])
+                labels.append({cid: value})
+                owner.append(i)
+        for k, (a, b) in enumerate(ranges):
+            texts.append(text[a:b])
+            vectors.append(seg_vectors[k])
+            labels.append(found[k])
+            owner.append(i)
+    return texts, np.vstack(vectors).astype(np.float32), labels, owner
+
+
+def question_segment_vectors(
+    texts: Sequence[str], vectors: np.ndarray, encode: Callable[[list[str]], np.ndarray] | None
+) -> list[np.ndarray]:
+    """Per question (lower-cased), the e5 vectors of its sentences: a one-sentence question reuses its own vector;
+    the others are embedded in one batch (without ``encode``, every sentence gets the question's vector)."""
+    parts = [segment_texts(t) for t in texts]
+    todo = sorted({p for ps in parts if len(ps) > 1 for p in ps})
+    found = dict(zip(todo, encode(todo), strict=True)) if todo and encode is not None else {}
+    out = []
+    for ps, vector in zip(parts, vectors, strict=True):
+        if len(ps) == 1 or not found:
+            out.append(np.repeat(np.asarray(vector, dtype=np.float32)[None, :], len(ps), axis=0))
+        else:
+            out.append(np.vstack([found[p] for p in ps]).astype(np.float32))
+    return out
+
+
+def fit_sentences(
+    flow: DecisionFlow,
+    examples: Sequence[Example],
+    segment_vectors: Sequence[np.ndarray],
+    spans: dict[str, np.ndarray],
+    config: ReaderConfig,
+) -> tuple[SentenceScorer, np.ndarray]:
+    """The sentence scorer on all rows, and every question's pooled sentence scores from a scorer that did not see
+    its scenario (k-fold by scenario), so the question models learn how far to trust them on new questions."""
+    from sklearn.model_selection import GroupKFold
+
+    texts, vectors, labels, owner = sentence_rows(examples, segment_vectors, spans)
+    x = SentenceScorer.design(flow, texts, vectors)
+    owner_ = np.asarray(owner)
+    knobs = (config.sentence_alpha, config.sentence_positive_weight)
+    scorer = SentenceScorer.fit(flow, x, labels, *knobs)
+    pooled = np.zeros((len(examples), 2 * len(flow.conditions)), dtype=np.float32)
+    groups = [e.scenario for e in examples]
+    for train_idx, test_idx in GroupKFold(n_splits=config.sentence_folds).split(pooled, groups=groups):
+        rows = np.flatnonzero(np.isin(owner_, train_idx))
+        part = SentenceScorer.fit(flow, x[rows], [labels[r] for r in rows], *knobs)
+        for i in test_idx:
+            own = np.flatnonzero(owner_ == i)[-len(segment_vectors[i]) :]  # its sentences (after its spans)
+            pooled[i] = SentenceScorer.pool((x[own] @ part.coef + part.intercept).reshape(len(own), -1, 2))
+    return scorer, pooled
 
 
 # ---------------------------------------------------------------------------------------------- the reader
@@ -313,21 +502,37 @@ class LearnedReader:
         self.featurizer = featurizer
         self.models = models  # "intent", "task", "cond:<id>", "cons:<id>" -> fitted LogisticRegression (or None)
         self.fingerprint = fingerprint
+        self.encode: Callable[[list[str]], np.ndarray] | None = None  # query embeddings of sentences (not saved)
         self._tasks = {t.id: t for t in flow.tasks}
         self._cons = {c.id: c for c in flow.considerations}
         # sklearn's predict_proba validates its input on every call (~2 ms each, 18 models): keep the weights.
-        self._linear = {
-            key: (m.coef_.T.astype(np.float32), m.intercept_.astype(np.float32), [str(c) for c in m.classes_])
-            for key, m in models.items()
-            if m is not None
-        }
+        # All models' weights side by side: one sparse product per question scores every output at once.
+        fitted = [(key, m) for key, m in models.items() if m is not None]
+        self._coef = np.hstack([m.coef_.T for _, m in fitted]).astype(np.float32) if fitted else None
+        self._intercept = np.concatenate([m.intercept_ for _, m in fitted]).astype(np.float32) if fitted else None
+        self._slices: dict[str, tuple[slice, list[str]]] = {}
+        start = 0
+        for key, m in fitted:
+            width = m.coef_.shape[0]
+            self._slices[key] = (slice(start, start + width), [str(c) for c in m.classes_])
+            start += width
+        self._scored: tuple[object, np.ndarray] | None = None
+
+    def scores(self, x) -> np.ndarray:
+        """Every model's raw scores for one feature row (computed once per row)."""
+        cached = self._scored  # one read: safe when threads share the reader
+        if cached is not None and cached[0] is x:
+            return cached[1]
+        out = np.asarray(x @ self._coef).ravel() + self._intercept
+        self._scored = (x, out)
+        return out
 
     def proba(self, key: str, x) -> tuple[np.ndarray, list[str]] | None:
         """Class probabilities of one model for one feature row (same as predict_proba), or None."""
-        if key not in self._linear:
+        if key not in self._slices:
             return None
-        coef, intercept, classes = self._linear[key]
-        scores = np.asarray(x @ coef).ravel() + intercept
+        where, classes = self._slices[key]
+        scores = self.scores(x)[where]
         if len(classes) == 2:
             p = 1.0 / (1.0 + np.exp(-scores[0]))
             return np.array([1.0 - p, p]), classes
@@ -345,35 +550,78 @@ class LearnedReader:
         lexicon: Lexicon | None = None,
         fingerprint: str = "",
         spans: dict[str, np.ndarray] | None = None,
+        encode: Callable[[list[str]], np.ndarray] | None = None,
     ) -> LearnedReader:
-        """``spans``: query embeddings of the labelled evidence phrases (by text), for the neighbour features."""
+        """``spans``: query embeddings of the labelled evidence phrases (by text), for the neighbour features and
+        the sentence scorer; ``encode``: query embeddings of sentences (cached), for the sentence scorer."""
         config = config or ReaderConfig()
         lexicon = lexicon or load_lexicon()
         texts = [e.text for e in examples]
         featurizer = Featurizer(flow, lexicon, config).fit(texts)
         featurizer.neighbours = Neighbours.build(examples, vectors, spans or {}) if config.neighbours else None
         featurizer.dimension = int(vectors.shape[1])
-        x = featurizer.transform(texts, vectors, [e.scenario for e in examples])
-        models: dict = {"intent": _fit_lr(x, [e.intent for e in examples], config.c_intent)}
+        pooled = None
+        if config.sentences:
+            segment_vectors = question_segment_vectors([t.lower() for t in texts], vectors, encode)
+            featurizer.sentences, pooled = fit_sentences(flow, examples, segment_vectors, spans or {}, config)
+        x = featurizer.transform(texts, vectors, [e.scenario for e in examples], pooled)
+        # (key, rows, labels, C, balanced): independent fits, run on two threads (scipy's sparse products release
+        # the GIL), the largest (task) first; each fit is deterministic, so the result does not depend on the order.
         decision_rows = [i for i, e in enumerate(examples) if e.intent == "decision"]
+        everyone = list(range(len(examples)))
+        jobs: list[tuple[str, list[int], list, float, bool]] = [
+            (
+                "task",
+                decision_rows,
+                [examples[i].tasks[0] if examples[i].tasks else NO_TASK for i in decision_rows],
+                config.c_task,
+                False,
+            ),
+            ("intent", everyone, [e.intent for e in examples], config.c_intent, False),
+        ]
         for cond in flow.conditions:
             y = [e.conditions.get(cond.id, "unstated") for e in examples]
-            models[f"cond:{cond.id}"] = (
-                _fit_lr(x, y, config.c_condition, config.balanced_conditions) if len(set(y)) > 1 else None
-            )
-        task_y = [examples[i].tasks[0] if examples[i].tasks else NO_TASK for i in decision_rows]
-        models["task"] = _fit_lr(x[decision_rows], task_y, config.c_task) if len(set(task_y)) > 1 else None
+            jobs.append((f"cond:{cond.id}", everyone, y, config.c_condition, config.balanced_conditions))
         for cons in flow.considerations:
             y = [cons.id in e.considerations for e in examples]
-            enough = sum(y) >= config.min_positives
-            models[f"cons:{cons.id}"] = _fit_lr(x, y, config.c_consideration) if enough else None
-        return cls(flow, lexicon, config, featurizer, models, fingerprint)
+            jobs.append(
+                (f"cons:{cons.id}", everyone, y, config.c_consideration, False)
+                if sum(y) >= config.min_positives
+                else (f"cons:{cons.id}", [], [], 0.0, False)
+            )
+
+        def fit(job: tuple[str, list[int], list, float, bool]):
+            _, rows, y, c, balanced = job
+            if len(set(y)) < 2:
+                return None
+            return _fit_lr(x[rows] if len(rows) < x.shape[0] else x, y, c, balanced, config.tol)
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=config.threads) as pool:
+            fitted = list(pool.map(fit, jobs))
+        models: dict = {job[0]: model for job, model in zip(jobs, fitted, strict=True)}
+        reader = cls(flow, lexicon, config, featurizer, models, fingerprint)
+        reader.encode = encode
+        return reader
 
     # -------------------------------------------------------------- reading
-    def features(self, text: str, vector: np.ndarray | None) -> sparse.csr_matrix:
+    def sentence_scores(self, text: str, vector: np.ndarray) -> tuple[list[str], np.ndarray | None]:
+        """The question's sentences and their per-condition scores (None without a sentence scorer)."""
+        if self.featurizer.sentences is None:
+            return [], None
+        parts = segment_texts(text)
+        vectors = question_segment_vectors([text], vector[None, :], self.encode if len(parts) > 1 else None)[0]
+        return parts, self.featurizer.sentences.scores(parts, vectors)
+
+    def features(self, text: str, vector: np.ndarray | None) -> tuple[sparse.csr_matrix, list[str], np.ndarray | None]:
+        """The question's feature row, its sentences and their per-condition scores."""
         if vector is None:
             vector = np.zeros(self.featurizer.dimension, dtype=np.float32)
-        return self.featurizer.transform([text], np.asarray(vector, dtype=np.float32)[None, :])
+        vector = np.asarray(vector, dtype=np.float32)
+        parts, scores = self.sentence_scores(text, vector)
+        pooled = None if scores is None else SentenceScorer.pool(scores)[None, :]
+        return self.featurizer.transform([text], vector[None, :], pooled=pooled), parts, scores
 
     def read(
         self,
@@ -384,14 +632,15 @@ class LearnedReader:
     ) -> Reading:
         """``text``: the normalised, lower-cased question (an earlier question joined with a ``follow_up``: what
         the follow-up itself states overrides the earlier facts)."""
-        x = self.features(text, vector)
+        x, parts, sentence_scores = self.features(text, vector)
         probs, intents = self.proba("intent", x)
         best = int(np.argmax(probs))
         count = label_count(text, self.lexicon)
-        states = self._states(text, x, count)
+        states = self._states(text, x, count, parts, sentence_scores)
         if follow_up:
             own_count = label_count(follow_up, self.lexicon)
-            own = self._states(follow_up, self.features(follow_up, follow_up_vector), own_count)
+            own_x, own_parts, own_probs = self.features(follow_up, follow_up_vector)
+            own = self._states(follow_up, own_x, own_count, own_parts, own_probs)
             states.update({cid: st for cid, st in own.items() if st.holds is not None})
             count = own_count if own_count is not None else count
         task, task_p = self._task(x)
@@ -408,9 +657,11 @@ class LearnedReader:
             reader=self.name,
         )
 
-    def _states(self, text: str, x, count: int | None) -> dict[str, ConditionState]:
+    def _states(
+        self, text: str, x, count: int | None, parts: list[str], sentence_scores: np.ndarray | None
+    ) -> dict[str, ConditionState]:
         states: dict[str, ConditionState] = {}
-        for cond in self.flow.conditions:
+        for j, cond in enumerate(self.flow.conditions):
             found = self.proba(f"cond:{cond.id}", x)
             state = ConditionState(cond, None, "", "", None)
             if found is not None:
@@ -419,7 +670,11 @@ class LearnedReader:
                 value = classes[k]
                 if value != "unstated":
                     holds = value == "yes"
-                    evidence = self.evidence(text, cond, holds, self.models[f"cond:{cond.id}"], k)
+                    evidence = _longest(text, cond.cues_yes if holds else cond.cues_no) or ""
+                    if not evidence and sentence_scores is not None and len(parts) > 1:
+                        best_part = int(np.argmax(sentence_scores[:, j, 0 if holds else 1]))
+                        evidence = parts[best_part][:160]
+                    evidence = evidence or self.evidence(text, cond, holds, self.models[f"cond:{cond.id}"], k)
                     state = ConditionState(cond, holds, "learned", evidence, float(probs[k]))
                 else:
                     state = ConditionState(cond, None, "", "", float(probs[k]))
@@ -599,6 +854,7 @@ def ensure_reader(settings, embedder, flow: DecisionFlow, progress: bool = False
     if not force:
         reader = LearnedReader.load(path, flow, fingerprint)
         if reader is not None:
+            reader.encode = embedder.encode_queries
             return reader
     examples = load_examples(settings.corpus_dir, flow)
     if not examples:
@@ -608,8 +864,16 @@ def ensure_reader(settings, embedder, flow: DecisionFlow, progress: bool = False
     cache = EmbeddingCache(cache_path(settings, embedder))
     vectors = cache.embed([e.text for e in examples], embedder.encode_queries, progress)
     spans = span_vectors(examples, cache, embedder.encode_queries, progress)
-    reader = LearnedReader.train(flow, examples, vectors, fingerprint=fingerprint, spans=spans)
+    reader = LearnedReader.train(
+        flow,
+        examples,
+        vectors,
+        fingerprint=fingerprint,
+        spans=spans,
+        encode=lambda texts: cache.embed(texts, embedder.encode_queries, progress),
+    )
     reader.save(path)
+    reader.encode = embedder.encode_queries
     return reader
 
 
@@ -654,6 +918,7 @@ def cross_validate(
     config: ReaderConfig | None = None,
     lexicon: Lexicon | None = None,
     spans: dict[str, np.ndarray] | None = None,
+    encode: Callable[[list[str]], np.ndarray] | None = None,
 ) -> dict:
     """k-fold by scenario (paraphrases of one situation stay in one fold): learned vs rule reader, per language."""
     from sklearn.model_selection import GroupKFold
@@ -664,7 +929,7 @@ def cross_validate(
     groups = [e.scenario for e in examples]
     for train_idx, test_idx in GroupKFold(n_splits=folds).split(np.zeros(len(examples)), groups=groups):
         reader = LearnedReader.train(
-            flow, [examples[i] for i in train_idx], vectors[train_idx], config, lexicon, spans=spans
+            flow, [examples[i] for i in train_idx], vectors[train_idx], config, lexicon, spans=spans, encode=encode
         )
         for i in test_idx:
             learned[i] = reader.read(examples[i].text.lower(), vectors[i])
@@ -721,7 +986,12 @@ def main(settings, cv: bool = False, folds: int = 5, as_json: bool = False) -> i
         cache = EmbeddingCache(cache_path(settings, embedder))
         vectors = cache.embed([e.text for e in examples], embedder.encode_queries)
         summary["cv"] = cross_validate(
-            flow, examples, vectors, folds, spans=span_vectors(examples, cache, embedder.encode_queries)
+            flow,
+            examples,
+            vectors,
+            folds,
+            spans=span_vectors(examples, cache, embedder.encode_queries),
+            encode=lambda texts: cache.embed(texts, embedder.encode_queries),
         )
     if as_json:
         print(json.dumps(summary, ensure_ascii=False))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.knowledge import load_flow
-from bot.reader import LearnedReader, data_hash, ensure_reader, model_path
+from bot.reader import MAX_SEGMENTS, LearnedReader, data_hash, ensure_reader, model_path, segment_texts
 from bot.text import normalize_question
 
 REPO_CORPUS = Path(__file__).resolve().parents[1] / "corpus"
@@ -78,11 +78,6 @@ def read(service, question: str):
     return service.engine.reader.read(text.lower(), service.retriever.embed_query(text))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 11 open): the final reader reads 18 of 27 unseen paraphrases; far_from_lm, multi_task "
-    "and needs_scaling only 1 of 3 each. strict: when it passes, remove this marker.",
-)
 def test_unseen_paraphrases_of_each_condition_are_read(bot_service, reader) -> None:
     misses = []
     total = 0
@@ -98,6 +93,38 @@ def test_unseen_paraphrases_of_each_condition_are_read(bot_service, reader) -> N
                 misses.append((cid, question))
         assert right >= 2, (cid, misses)  # at least two of the three wordings of every condition
     assert len(misses) <= total * 0.15, misses
+
+
+def test_segments_are_sentences_and_long_clauses_at_most_a_cap() -> None:
+    assert segment_texts("we sort tickets. about 40 labels!  which model?") == [
+        "we sort tickets.",
+        "about 40 labels!",
+        "which model?",
+    ]
+    ja = "ブログ記事を分類したいです。推論は不要で、内容から判断できる単純な分類、出力はカテゴリ名だけ。"
+    # a comma splits only when a long stretch follows (short lists stay whole)
+    assert segment_texts(ja) == [
+        "ブログ記事を分類したいです。",
+        "推論は不要で、",
+        "内容から判断できる単純な分類、出力はカテゴリ名だけ。",
+    ]
+    story = " ".join(f"sentence {i}." for i in range(40))
+    parts = segment_texts(story)
+    assert len(parts) == MAX_SEGMENTS and " ".join(parts) == story  # neighbours merged, nothing dropped
+    assert segment_texts("one line") == ["one line"]
+
+
+def test_a_condition_in_one_sentence_of_a_long_story_is_read_from_that_sentence(bot_service) -> None:
+    story = (
+        "We are a regional insurer with about 300 staff and an IT team of six. The claims department moved to a new "
+        "building last spring and most of our tooling is older than the interns. Budgets were approved last week. "
+        "In the end, policyholders will type to it in a chat window and expect it to answer the way one of our "
+        "agents would. Management wants a recommendation by Friday. What should we go with?"
+    )
+    reading = read(bot_service, story)
+    state = reading.states["mimic_human"]
+    assert state.holds is True, state
+    assert "chat window" in state.evidence and "budgets" not in state.evidence
 
 
 def test_reading_field_explains_each_condition(bot_service) -> None:
