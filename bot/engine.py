@@ -8,7 +8,7 @@ and lists which answers would flip the verdict.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
 
 import numpy as np
@@ -314,7 +314,21 @@ class DecisionEngine:
         self, text: str, vector: np.ndarray | None = None, follow_up: str | None = None, follow_up_vector=None
     ) -> Decision:
         text = re.sub(r"\s*(?:→|->|⇒|=>)\s*", "-", text)
-        return self.decide_reading(self.reader.read(text, vector, follow_up, follow_up_vector))
+        reading = self.reader.read(text, vector, follow_up, follow_up_vector)
+        if reading.reader != self.rules.name:
+            reading = self.with_named_task(reading, text)
+        return self.decide_reading(reading)
+
+    def with_named_task(self, reading: Reading, text: str) -> Reading:
+        """A specific catalog task the question names by a whole alias (data: the catalog's names) is taken when
+        the learned reader found no task or only a generic family ("text classification" for "named entity
+        recognition with 50k labelled sentences"): a name the user wrote beats a statistical guess."""
+        if reading.task is not None and not reading.task.generic:
+            return reading
+        named = [t for t, score in self.rules.match_tasks(text, None) if score >= 1.01 and not t.generic]
+        if not named:
+            return reading
+        return replace(reading, task=named[0], task_score=1.0, task_named=True)
 
     def complete(self, reading: Reading) -> dict[str, ConditionState]:
         """The reading's states, with what the task type settles filling what the question left open, and the
