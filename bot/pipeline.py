@@ -5,8 +5,8 @@ streams ``AnswerEvent``s. The writer backend is chosen from the settings here, i
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
-from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.output_parsers import StrOutputParser
 
@@ -16,6 +16,9 @@ from bot.service import AnswerService
 from bot.text import detect_language
 from bot.writers import AnswerEvent, LLMWriter, TemplateWriter, Writer
 from ingest.config import Settings
+
+if TYPE_CHECKING:  # the chat model class only for annotations: `ask` without an LLM never imports it
+    from langchain_core.language_models.chat_models import BaseChatModel
 
 CONDENSE_TURNS = 6  # history messages shown to the LLM when it condenses a follow-up
 CONDENSE_ANSWER_CHARS = 500  # earlier answers are trimmed to this many characters in that prompt

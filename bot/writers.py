@@ -8,9 +8,8 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.runnables import Runnable, RunnableLambda
 
@@ -19,6 +18,9 @@ from bot.compose import Citations, T, compose_content, compose_decision, mark_su
 from bot.grounding import Grounding
 from bot.knowledge import ContentAsks, DecisionFlow, Source
 from bot.prompts import ANSWER_PROMPT, FENCES, LANGUAGE_NAMES
+
+if TYPE_CHECKING:  # the chat model class only for annotations: `ask` without an LLM never imports it
+    from langchain_core.language_models.chat_models import BaseChatModel
 
 _MARKER = re.compile(r"\[(\d+)\]")
 _LINE = re.compile(r"[^\n]*\n|[^\n]+$")
