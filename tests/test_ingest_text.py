@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot import engine, text
-from ingest import chunking, loaders
+from ingest import chunking, loaders, terms
 from ingest.text import CJK, WIDE, detect_language, stem
 
 
@@ -40,5 +40,6 @@ def test_stem(word: str, expected: str) -> None:
 def test_one_of_each_is_shared() -> None:
     """bot and the loaders use these very objects: no second copy to drift."""
     assert text.detect_language is detect_language and loaders.detect_language is detect_language
-    assert engine.stem is stem and text.stem is stem
-    assert chunking.WIDE is WIDE and engine.CJK is CJK and text.CJK is CJK
+    assert engine.stem is stem and terms.stem is stem  # ingest.terms: the BM25 tokenizer for ingest and bot
+    assert chunking.WIDE is WIDE and engine.CJK is CJK and terms.CJK is CJK
+    assert text.tokenize is terms.tokenize
