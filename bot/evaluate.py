@@ -67,7 +67,6 @@ def task_support(answer: Answer, flow: DecisionFlow) -> tuple[int, int]:
     task = next((t for t in flow.tasks if t.id == answer.task), None)
     if task is None:
         return 0, 0
-    names = [n.lower() for n in task.all_names if len(n) >= 2]
     by_n = {c["n"]: f"{c.get('title', '')} {c.get('text', '')}".lower() for c in answer.citations}
     supported = total = 0
     for line in answer.answer.split("\n"):
@@ -75,18 +74,14 @@ def task_support(answer: Answer, flow: DecisionFlow) -> tuple[int, int]:
             continue
         cited = [int(n) for n in re.findall(r"\[(\d+)\]", line)]
         own_words = _QUOTED.sub("", line.lower())  # the user's words quoted as evidence are not the claim
-        if not cited or not _names_in(own_words, names):
+        if not cited or not task.named_in(own_words):
             continue
         total += 1
-        supported += any(_names_in(by_n.get(n, ""), names) for n in cited)
+        supported += any(task.named_in(by_n.get(n, "")) for n in cited)
     return supported, total
 
 
 _QUOTED = re.compile(r"“[^”]*”|「[^」]*」")
-
-
-def _names_in(text: str, names: list[str]) -> bool:
-    return any(re.search(rf"(?<![a-z0-9]){re.escape(name)}(?![a-z0-9])", text) for name in names)
 
 
 def answered_as(abstained: bool, verdict: str | None) -> str:

@@ -65,6 +65,16 @@ class Task:
     def all_names(self) -> tuple[str, ...]:
         return self.names["en"] + self.names["ja"]
 
+    def named_in(self, text: str) -> bool:
+        """Whether ``text`` names this task by any of its names (case-insensitive; Latin names as whole words, so
+        "ner" is not found in "general")."""
+        lowered = text.lower()
+        return any(
+            re.search(rf"(?<![a-z0-9]){re.escape(name.lower())}(?![a-z0-9])", lowered)
+            for name in self.all_names
+            if len(name) >= 2
+        )
+
 
 @dataclass(frozen=True)
 class Consideration:

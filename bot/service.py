@@ -190,15 +190,19 @@ class AnswerService:
             key = (tuple(sections), exact, about)
             if key in evidence.found:
                 continue
-            names = [n.lower() for n in tasks[about].all_names if len(n) >= 2] if about in tasks else []
+            task = tasks.get(about)
             first, naming = None, None
             for section in sections:
                 found = self.retriever.best_in_sections(
-                    vector, [section], doc, lang, k=TASK_EVIDENCE_K if names else 1, exact=exact
+                    vector, [section], doc, lang, k=TASK_EVIDENCE_K if task else 1, exact=exact
                 )
                 first = first or (found[0][0] if found else None)
-                naming = next((c for c, _ in found if _names_any(c, names)), None)
-                if naming is not None or (first is not None and not names):
+                if task is None:
+                    if first is not None:
+                        break
+                    continue
+                naming = next((c for c, _ in found if task.named_in(f"{c.metadata.get('title', '')} {c.text}")), None)
+                if naming is not None:
                     break
             evidence.found[key] = naming or first
         return evidence
@@ -216,13 +220,6 @@ class AnswerService:
             out.append(self.flow.figure_section)
         known = set(self.retriever.sections)
         return [s for s in dict.fromkeys(out) if s in known]
-
-
-def _names_any(chunk, names: list[str]) -> bool:
-    """Whether a chunk's title or text names any of ``names`` (lower-cased; Latin names as whole words, so "ner"
-    is not found in "general")."""
-    text = f"{chunk.metadata.get('title', '')} {chunk.text}".lower()
-    return any(re.search(rf"(?<![a-z0-9]){re.escape(name)}(?![a-z0-9])", text) for name in names)
 
 
 def _restore_case(decision: Decision, text: str, lowered: str) -> None:

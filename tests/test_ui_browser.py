@@ -88,8 +88,8 @@ def ui(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder,
         app.close()
 
 
-@pytest.fixture(scope="module")
-def browser(ui) -> Iterator[object]:
+def chromium() -> Iterator[object]:
+    """Debian's chromium through Playwright, headless; closed when the generator ends."""
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -99,6 +99,11 @@ def browser(ui) -> Iterator[object]:
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser(ui) -> Iterator[object]:
+    yield from chromium()
 
 
 def open_page(browser, url: str, viewport: dict[str, int] = DESKTOP, mobile: bool = False):

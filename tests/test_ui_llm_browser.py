@@ -21,7 +21,7 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 from test_llm_server import gguf, llm_server  # noqa: F401 (fixtures)
 from test_ui import Q_EN, launch, shared_service
-from test_ui_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, open_page
+from test_ui_browser import ARTIFACTS, CHROMIUM, chromium, open_page
 
 from bot.llm import make_chat_model
 from bot.pipeline import Pipeline
@@ -72,15 +72,7 @@ class SlowFake(GenericFakeChatModel):
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    yield from chromium()
 
 
 def ask_and_trace(browser, url: str, question: str) -> tuple[object, dict]:
