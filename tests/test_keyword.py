@@ -19,6 +19,7 @@ from ingest.config import Settings
 from ingest.keyword import KeywordIndex, Row
 from ingest.pipeline import IngestReport
 from ingest.store import ChunkStore
+from ingest.terms import tokenize
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CARDS = REPO_ROOT / "corpus" / "cards"
@@ -134,7 +135,7 @@ def test_ingest_saves_the_index_of_the_store_state(real_docs: Path, make_setting
     _, digest2 = store.live_state()
     again = keyword.find(settings.keyword_dir, digest2)
     assert digest2 != digest and again is not None and index_ids(again) == live_ids(store)
-    assert again.top(["zebrafinetuning"], 3), "the new text is in the new index"
+    assert again.top(tokenize("zebrafinetuning"), 3), "the new text is in the new index"
 
 
 class Spy:
