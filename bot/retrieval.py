@@ -20,6 +20,8 @@ from ingest.embeddings import Embedder
 from ingest.keyword import KeywordIndex
 from ingest.store import ChunkStore, StoredChunk
 
+QUERY_CACHE_SIZE = 64  # query embeddings kept (a chat's earlier turns are re-read on each turn)
+
 
 @dataclass
 class Hit:
@@ -86,6 +88,8 @@ class HybridRetriever:
         self.per_list = per_list
         self.check_interval = check_interval
         self._lock = threading.Lock()
+        self._vectors_lock = threading.Lock()
+        self._query_vectors: dict[str, np.ndarray] = {}
         self._checked = 0.0
         self.refresh()
 
@@ -125,7 +129,16 @@ class HybridRetriever:
         return {index.chunk_id(i): i for i in range(len(index))}
 
     def embed_query(self, question: str) -> np.ndarray:
-        return self.embedder.encode_queries([question])[0]
+        """The query embedding; the last few are kept, since a chat re-reads its earlier turns."""
+        with self._vectors_lock:
+            vector = self._query_vectors.get(question)
+        if vector is None:
+            vector = self.embedder.encode_queries([question])[0]
+            with self._vectors_lock:
+                self._query_vectors[question] = vector
+                while len(self._query_vectors) > QUERY_CACHE_SIZE:
+                    self._query_vectors.pop(next(iter(self._query_vectors)))
+        return vector
 
     def search(
         self,
