@@ -179,7 +179,7 @@ def _dense_modes(retriever, vectors: list[np.ndarray], per_list: int = 20) -> di
         lists = {lang: [c.id for c, _ in retriever.dense(vector, per_list, where={"lang": lang})] for lang in langs}
         per_lang.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        got = retriever.dense(vector, per_list * len(langs))
+        got = retriever.dense(vector, per_list * 2 * len(langs))
         single.append(time.perf_counter() - t0)
         ids = {c.id for c, _ in got}
         want = [i for ids_ in lists.values() for i in ids_]

@@ -78,14 +78,21 @@ class HybridRetriever:
     after ``check_interval`` seconds, without a restart."""
 
     def __init__(
-        self, store: ChunkStore, embedder: Embedder, rrf_k: int = 60, per_list: int = 20, check_interval: float = 5.0
+        self,
+        store: ChunkStore,
+        embedder: Embedder,
+        rrf_k: int = 60,
+        per_list: int = 20,
+        check_interval: float = 5.0,
+        dense_filter_max_chunks: int = 20_000,
     ) -> None:
-        """``rrf_k``, ``per_list``: the fusion constant and the candidates per ranked list (Settings.rrf_k,
-        Settings.retrieval_per_list); ``check_interval``: seconds between checks for a re-ingested store."""
+        """``rrf_k``, ``per_list``, ``dense_filter_max_chunks``: Settings.rrf_k, Settings.retrieval_per_list and
+        Settings.dense_filter_max_chunks; ``check_interval``: seconds between checks for a re-ingested store."""
         self.store = store
         self.embedder = embedder
         self.rrf_k = rrf_k
         self.per_list = per_list
+        self.dense_filter_max_chunks = dense_filter_max_chunks
         self.check_interval = check_interval
         self._lock = threading.Lock()
         self._vectors_lock = threading.Lock()
@@ -163,8 +170,8 @@ class HybridRetriever:
             hit.bm25 = max(hit.bm25, bm25)
             hit.ranks[source] = rank
 
-        for lang in view.index.languages or ["en"]:
-            for rank, (chunk, sim) in enumerate(self.dense(vector, per_list, where={"lang": lang}), start=1):
+        for lang, found in self.dense_by_language(vector, per_list, len(view.index)).items():
+            for rank, (chunk, sim) in enumerate(found, start=1):
                 add(chunk, rank, f"dense_{lang}", dense=sim)
         top = view.index.top(tokenize(question) + list(extra_terms or []), per_list)
         scores = {view.index.chunk_id(row): score for row, score in top}
@@ -175,6 +182,22 @@ class HybridRetriever:
 
     def dense(self, vector: np.ndarray, k: int, where: dict | None = None) -> list[tuple[StoredChunk, float]]:
         return self.store.query(vector, k, live=self._current().live, where=where)
+
+    def dense_by_language(
+        self, vector: np.ndarray, per_list: int, size: int
+    ) -> dict[str, list[tuple[StoredChunk, float]]]:
+        """The best ``per_list`` chunks of each corpus language: one filtered query per language on a store of at
+        most ``dense_filter_max_chunks`` live chunks (``size``), else one unfiltered deeper query split afterwards
+        (a language it leaves short just has a shorter list; BM25 still ranks that language's chunks)."""
+        languages = self.languages
+        if size <= self.dense_filter_max_chunks:
+            return {lang: self.dense(vector, per_list, where={"lang": lang}) for lang in languages}
+        out: dict[str, list[tuple[StoredChunk, float]]] = {lang: [] for lang in languages}
+        for chunk, sim in self.dense(vector, per_list * 2 * max(1, len(languages))):
+            found = out.get(chunk.metadata.get("lang"))
+            if found is not None and len(found) < per_list:
+                found.append((chunk, sim))
+        return out
 
     def sections_under(self, section: str) -> list[str]:
         return [s for s in self.sections if s == section or s.startswith(section + ".")]

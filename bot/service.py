@@ -51,7 +51,8 @@ class AnswerService:
         self.embedder = embedder or load_embedder(settings)
         self.store = store or ChunkStore(settings)
         self.retriever = HybridRetriever(
-            self.store, self.embedder, rrf_k=settings.rrf_k, per_list=settings.retrieval_per_list
+            self.store, self.embedder, rrf_k=settings.rrf_k, per_list=settings.retrieval_per_list,
+            dense_filter_max_chunks=settings.dense_filter_max_chunks,
         )
         self.flow = load_flow(settings.corpus_dir / "decision_flow.toml")
         self.sources = load_sources(settings.corpus_dir / "sources.toml")

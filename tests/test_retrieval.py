@@ -121,3 +121,20 @@ def test_retrieval_knobs_come_from_settings(bot_service, bot_settings) -> None:
     wide = retriever.search(JA_SENTIMENT, k=200)
     narrow = retriever.search(JA_SENTIMENT, k=200, per_list=2)
     assert len(narrow) < len(wide) and len(narrow) <= 2 * (len(retriever.languages) + 1)
+
+
+def test_large_store_splits_one_unfiltered_query_by_language(retriever: HybridRetriever, bot_settings) -> None:
+    """Above ``dense_filter_max_chunks`` the per-language lists come from one deeper unfiltered query: each list
+    holds only its language, at most per_list chunks, best first; the question's own language gets the same top
+    chunk as the filtered query (another language may come up short: that is the price, see Settings)."""
+    assert retriever.dense_filter_max_chunks == bot_settings.dense_filter_max_chunks
+    for question, own in ((JA_SENTIMENT, "ja"), (EN_SENTIMENT, "en")):
+        vector = retriever.embed_query(question)
+        exact = retriever.dense_by_language(vector, 5, len(retriever.chunks))
+        split = retriever.dense_by_language(vector, 5, retriever.dense_filter_max_chunks + 1)
+        assert set(split) == set(exact) == {"en", "ja"}
+        for lang, found in split.items():
+            assert len(found) <= 5 and all(meta(c, "lang") == lang for c, _ in found)
+            sims = [s for _, s in found]
+            assert sims == sorted(sims, reverse=True)
+        assert split[own] and split[own][0][0].id == exact[own][0][0].id
