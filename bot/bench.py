@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from bot.evaluate import load_items, metrics, run
+from bot.evaluate import load_items, metrics, run, section_hit
 from bot.service import AnswerService
 from ingest import keyword
 from ingest.config import Settings
@@ -53,10 +53,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _section_hit(sections: list[str], expected: list[str]) -> bool:
-    return any(s == e or s.startswith(e + ".") for s in sections for e in expected)
-
-
 def _baseline(store: ChunkStore, embedder: Embedder, items: list[dict]) -> dict:
     """A LangChain-tutorial RAG: ``Chroma.similarity_search(k=4)`` on the same collection, nothing else."""
     from langchain_chroma import Chroma
@@ -68,7 +64,7 @@ def _baseline(store: ChunkStore, embedder: Embedder, items: list[dict]) -> dict:
         docs = vectorstore.similarity_search(item["question"], k=4)
         latencies.append(time.perf_counter() - start)
         if item.get("expected_sections") and not item.get("expect_abstain"):
-            hits.append(_section_hit([str(d.metadata.get("section", "")) for d in docs], item["expected_sections"]))
+            hits.append(section_hit([str(d.metadata.get("section", "")) for d in docs], item["expected_sections"]))
     return {
         "section_hit_rate": round(sum(hits) / len(hits), 4),
         "p50_ms": _pct(latencies, 50),

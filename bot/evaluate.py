@@ -22,6 +22,11 @@ from bot.service import AnswerService
 from ingest.config import Settings
 
 
+def section_hit(sections: list[str], expected: list[str]) -> bool:
+    """A cited section is an expected one or lies under it ("4.1.1" under "4.1")."""
+    return any(s == e or s.startswith(e + ".") for s in sections for e in expected)
+
+
 @dataclass
 class Result:
     item: dict
@@ -40,7 +45,7 @@ class Result:
         expected = self.item.get("expected_sections") or []
         if not expected or self.item.get("expect_abstain"):
             return None
-        return any(s == e or s.startswith(e + ".") for s in self.sections for e in expected)
+        return section_hit(self.sections, expected)
 
     @property
     def intent(self) -> str:
