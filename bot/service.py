@@ -19,7 +19,7 @@ from bot.retrieval import HybridRetriever
 from bot.text import clip_question, detect_language, normalize_question, tokenize
 from ingest.config import Settings
 from ingest.embeddings import DocumentMemo, Embedder, load_embedder
-from ingest.store import ChunkStore
+from ingest.store import ChunkStore, StoredChunk
 
 TASK_EVIDENCE_K = 8  # candidates per section when the claim is about a task (one that names the task is preferred)
 Condenser = Callable[[str, list], str]  # (question, history messages) -> standalone question
@@ -178,6 +178,7 @@ class AnswerService:
                 if (found := self.retriever.best_in_sections(vector, [section], self.flow.doc_id, lang))
             ]
             grounding.content = content_chunks(hits, lang, self.flow.doc_id, first=referenced)
+            grounding.cards = self.card_chunks(grounding.content)
         return grounding
 
     def fetch_evidence(self, decision: Decision, vector: np.ndarray, lang: str) -> Evidence:
@@ -206,6 +207,20 @@ class AnswerService:
                     break
             evidence.found[key] = naming or first
         return evidence
+
+    def card_chunks(self, chunks: list[StoredChunk]) -> dict[str, list[StoredChunk]]:
+        """Every live chunk of each given chunk's card (its file), in order: a content answer reads the card whole,
+        not only the chunk retrieval found."""
+        groups = {(str(c.metadata.get("source_path", "")), str(c.metadata.get("generation", ""))) for c in chunks}
+        by_card: dict[tuple[str, str], list[StoredChunk]] = {}
+        for chunk in self.store.generation_chunks(sorted(groups)):
+            key = (str(chunk.metadata.get("source_path", "")), str(chunk.metadata.get("generation", "")))
+            by_card.setdefault(key, []).append(chunk)
+        out = {}
+        for c in chunks:
+            card = by_card.get((str(c.metadata.get("source_path", "")), str(c.metadata.get("generation", ""))), [])
+            out[c.id] = sorted(card, key=lambda x: int(x.metadata.get("chunk_index", 0))) if card else [c]
+        return out
 
     def referenced_sections(self, lowered: str) -> list[str]:
         """Survey sections a question names: "Remark 8", "section 4.1", "§5.2", "4.3節", "Figure 2" / 「図2」."""
