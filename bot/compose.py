@@ -552,14 +552,18 @@ def _list_answer(units: list[Unit], ask: Ask) -> tuple[list[str], tuple[StoredCh
     return None
 
 
+_NAMED_NUMBER = re.compile(r"(?:remarks?|リマーク|section|sec\.|§|figure|fig\.|図|table|表|step|ステップ)\s*(\d+)")
+
+
 def specific_terms(question: str, asks: ContentAsks) -> set[str]:
     """The question's words that pick out a topic: not its generic words and phrases ("survey", "say", "LLM",
     "fine-tuned"), one-letter or all-hiragana tokens (numbers stay: "Remark 6")."""
     text = question.lower()
     for phrase in asks.generic_phrases:
         text = text.replace(phrase, " ")
+    named = set(_NAMED_NUMBER.findall(text))  # "Remark 6", "section 4.1", 「図2」: a number that names something
     return {t for t in set(tokenize(text)) - asks.generic_terms
-            if (len(t) >= 2 or t.isdigit()) and not _HIRAGANA.fullmatch(t)}
+            if (t in named or (len(t) >= 2 and not t.isdigit())) and not _HIRAGANA.fullmatch(t)}
 
 
 def _cite_all(chunks: Sequence[StoredChunk], cites: Citations) -> str:
@@ -596,7 +600,10 @@ def compose_content(
         index, unit = found
         index = order[index]
         lines = [unit.text + _cite_all(unit.chunks, cites), ""]
-        others = [u for u in best_units(read[index], terms, 2) if u != unit][:1]
+        after = next((k + 1 for k, u in enumerate(read[index]) if unit.text in u.text), len(read[index]))
+        following = read[index][after : after + 1]  # the sentence after a definition usually completes it
+        others = following if following and following[0].block == unit.block and not following[0].items else [
+            u for u in best_units(read[index], terms, 2) if unit.text not in u.text][:1]
         if others:
             lines[-1:] = [others[0].text + _cite_all(others[0].chunks, cites), ""]
         order.remove(index)
@@ -632,11 +639,14 @@ def compose_content(
     return "\n".join(lines).strip()
 
 
-def content_chunks(hits, lang: str, survey_id: str, first=(), limit: int = 3, near: float = 0.8) -> list[StoredChunk]:
+def content_chunks(
+    hits, lang: str, survey_id: str, first=(), limit: int = 3, near: float = 0.8, terms: frozenset[str] = frozenset()
+) -> list[StoredChunk]:
     """The chunks a content answer quotes, from the fused ``hits``: chunks of sections the question names
     (``first``), then one chunk per card (a card's English and Japanese versions count as one) in the question's
-    language first; among hits scoring within ``near`` of the best, the survey's own sections come before
-    secondary sources."""
+    language first; then cards whose title shares more of the question's specific ``terms`` (``specific_terms``:
+    "cost" finds the cost card even when label-count cards rank higher); among hits scoring within ``near`` of the
+    best, the survey's own sections come before secondary sources."""
     top = max((h.score for h in hits), default=0.0)
     ranked = sorted(
         enumerate(hits[:8]),
@@ -646,6 +656,10 @@ def content_chunks(hits, lang: str, survey_id: str, first=(), limit: int = 3, ne
             item[0],
         ),
     )
+    titled = [(_overlap(set(terms), _title(h.chunk)), -n) for n, (_, h) in enumerate(ranked)
+              if h.chunk.metadata.get("lang") == lang]
+    if titled and max(titled)[0] > 0:  # the card named by the question's words leads (then the order above)
+        ranked.insert(0, ranked.pop(-max(titled)[1]))
     out: list[StoredChunk] = []
     seen: set[tuple[str, str]] = set()
     for chunk in [*first, *(hit.chunk for _, hit in ranked)]:

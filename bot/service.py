@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bot.answer import Answer, check_citations, previous_user_message, to_messages
-from bot.compose import content_chunks, evidence_requests
+from bot.compose import content_chunks, evidence_requests, specific_terms
 from bot.engine import Decision, DecisionEngine, asks_about_survey
 from bot.grounding import Evidence, Grounding
 from bot.knowledge import load_content_asks, load_flow, load_sources
@@ -177,7 +177,9 @@ class AnswerService:
                 for section in self.referenced_sections(lowered)
                 if (found := self.retriever.best_in_sections(vector, [section], self.flow.doc_id, lang))
             ]
-            grounding.content = content_chunks(hits, lang, self.flow.doc_id, first=referenced)
+            grounding.content = content_chunks(
+                hits, lang, self.flow.doc_id, first=referenced, terms=frozenset(specific_terms(text, self.asks))
+            )
             grounding.cards = self.card_chunks(grounding.content)
         return grounding
 
