@@ -426,6 +426,7 @@ def _join(parts: list[str], lang: str) -> str:
 
 
 TOPIC_BUDGET = 1600  # weighted characters (CJK count 2) of the card about the asked topic: most cards fit whole
+TOPICAL_FURTHER = 3  # sentences of a further card whose title also shares the question's specific words
 UNIT_MAX = 600  # a unit longer than this (a long list) is not quoted as one of a further source's few sentences
 
 
@@ -476,6 +477,12 @@ def card_units(card: Sequence[StoredChunk], lang: str, abbreviations: frozenset[
         if text and _COMPLETE.search(text):
             out.append(Unit(text, tuple(chunks), tuple(items), _join(texts, lang) if items else "", block))
     return out
+
+
+def _depth(chunk: StoredChunk) -> int:
+    """How specific a survey section is: "4.4.1" -> 3, "4" -> 1; a non-numbered section -> 0."""
+    section = str(chunk.metadata.get("section", ""))
+    return section.count(".") + 1 if re.fullmatch(r"\d+(?:\.\d+)*", section) else 0
 
 
 def _overlap(terms: set[str], text: str) -> int:
@@ -552,7 +559,8 @@ def _list_answer(units: list[Unit], ask: Ask) -> tuple[list[str], tuple[StoredCh
     return None
 
 
-_NAMED_NUMBER = re.compile(r"(?:remarks?|リマーク|section|sec\.|§|figure|fig\.|図|table|表|step|ステップ)\s*(\d+)")
+_NAMED_NUMBER = re.compile(r"(?:remarks?|リマーク|section|sec\.|§|figure|fig\.|図|table|表|step|ステップ)\s*(\d+)"
+                           r"|(\d+(?:\.\d+)*)\s*(?:節|章)")
 
 
 def specific_terms(question: str, asks: ContentAsks) -> set[str]:
@@ -561,7 +569,7 @@ def specific_terms(question: str, asks: ContentAsks) -> set[str]:
     text = question.lower()
     for phrase in asks.generic_phrases:
         text = text.replace(phrase, " ")
-    named = set(_NAMED_NUMBER.findall(text))  # "Remark 6", "section 4.1", 「図2」: a number that names something
+    named = {n for m in _NAMED_NUMBER.findall(text) for n in m if n}  # "Remark 6", 「図2」, 「4.1節」
     return {t for t in set(tokenize(text)) - asks.generic_terms
             if (t in named or (len(t) >= 2 and not t.isdigit())) and not _HIRAGANA.fullmatch(t)}
 
@@ -588,11 +596,13 @@ def compose_content(
     cards = cards or {}
     terms = set(tokenize(question))
     specific = specific_terms(question, asks)
+    further = specific_terms(_NAMED_NUMBER.sub(" ", question.lower()), asks)  # "Remark 5" alone names one card
     ask = read_ask(question, asks)
     read = [card_units(cards.get(c.id) or [c], lang, asks.abbreviations) for c in chunks]
     titled = [_overlap(specific, _title(c)) for c in chunks]
     top = max(titled, default=0)
-    order = sorted(range(len(chunks)), key=lambda i: (-titled[i], i))  # the topic card first, then as retrieved
+    # The topic card first (on a tie the more specific section: "4.4.1" before its summary "4.4"), then as retrieved.
+    order = sorted(range(len(chunks)), key=lambda i: (-titled[i], -_depth(chunks[i]) if titled[i] else 0, i))
     lines = [T[lang]["content_intro"], ""]
     led = False
     if ask.kind == "definition" and (found := _definition([read[i] for i in order], ask.term,
@@ -629,8 +639,9 @@ def compose_content(
                 lines += [_join([u.text for u in group], lang) + _cite_all(used, cites), ""]
             limit = 1
             continue
-        chosen = best_units(read[i], terms, limit)
-        if position and not specific & set(tokenize(" ".join(u.text for u in chosen))):
+        # A further card whose title also names the topic gets a few sentences, any other one sentence.
+        chosen = best_units(read[i], terms, max(limit, TOPICAL_FURTHER if titled[i] else 1))
+        if position and not further & set(tokenize(" ".join(u.text for u in chosen))):
             continue  # a further chunk must share a specific word with the question, not only "survey" or "say"
         if chosen:
             used = [c for u in chosen for c in u.chunks]

@@ -33,10 +33,11 @@ class Gate:
     accept: float  # best dense similarity at or above which a question is in scope
     with_match: float  # at or above which it is in scope when it names a task, a flow cue or the survey
     offtopic_p: float  # the reader's off-topic probability at or above which a question is refused
+    content_p: float = 1.01  # the reader's content probability at or above which a question matches (off: > 1)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gate:
-        return cls(settings.gate_accept, settings.gate_with_match, settings.gate_offtopic_p)
+        return cls(settings.gate_accept, settings.gate_with_match, settings.gate_offtopic_p, settings.gate_content_p)
 
 
 class AnswerService:
@@ -148,6 +149,7 @@ class AnswerService:
         top_dense = max((h.dense for h in hits), default=0.0)
         matched = reading.intent != "offtopic" and (
             reading.task_named or decision.cue_hit or asks_about_survey(lowered)
+            or (reading.reader == "learned" and reading.intent == "content" and reading.intent_p >= self.gate.content_p)
         )
         read_offtopic = reading.intent == "offtopic" and reading.intent_p >= self.gate.offtopic_p
         in_scope = (
