@@ -590,8 +590,9 @@ def compose_content(
     order (chunk id -> chunks), so a card is read whole rather than from the one chunk retrieval found. The card
     whose title shares the most words with the question is the topic: the points of its list when the question
     asks for them ("what does Remark 5 say", "the three challenges"), else the card as written (within
-    ``TOPIC_BUDGET``); a definition first when the question asks for one; then one or two sentences of each further
-    source that shares a specific word with the question."""
+    ``TOPIC_BUDGET``, one line per paragraph); a definition first when the question asks for one; then up to
+    ``TOPICAL_FURTHER`` sentences of a further card whose title also names the topic, one of any other card, each
+    only when it shares a specific word with the question."""
     asks = asks or ContentAsks()
     cards = cards or {}
     terms = set(tokenize(question))
