@@ -4,6 +4,7 @@ change the verdict, and sources — in Japanese or English. Templates are module
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
@@ -424,118 +425,240 @@ def _join(parts: list[str], lang: str) -> str:
     return ("" if lang == "ja" else " ").join(parts)
 
 
-def best_sentences(
-    text: str, question_terms: set[str], limit: int = 2, abbreviations: frozenset[str] = frozenset()
-) -> list[str]:
-    """Up to ``limit`` whole sentences (or list items) of a chunk sharing the most terms with the question, in
-    their original order. Only pieces that end like a sentence: a sentence introducing a list (ending in a colon),
-    an item ending in ";" or a heading-like line means little without its context."""
-    found = [p for p in pieces(text, abbreviations) if _COMPLETE.search(p.text)]
-    ranked = sorted(range(len(found)), key=lambda i: (-len(question_terms & set(tokenize(found[i].text))), i))
-    return [found[i].text for i in sorted(ranked[:limit])]
+TOPIC_BUDGET = 1600  # weighted characters (CJK count 2) of the card about the asked topic: most cards fit whole
+TOPICAL_FURTHER = 3  # sentences of a further card whose title also shares the question's specific words
+UNIT_MAX = 600  # a unit longer than this (a long list) is not quoted as one of a further source's few sentences
 
 
-TOPIC_BUDGET = 900  # weighted characters (CJK count 2) of a card about the asked topic quoted from its start
+@dataclass(frozen=True)
+class Unit:
+    """What a content answer quotes as one piece: a whole sentence, or a list joined to the sentence that
+    introduces it (so "the models showed:" never stands without its items, nor an item without its intro)."""
+
+    text: str
+    chunks: tuple[StoredChunk, ...]  # the chunks of the card it was read from, in order
+    items: tuple[str, ...] = ()  # a list's points (its markers removed)
+    intro: str = ""  # a list's introducing sentence ("" when the list opens the card)
+    block: int = 0  # the card paragraph it starts in (units of one paragraph share it)
 
 
-def lead_sentences(text: str, budget: int, abbreviations: frozenset[str] = frozenset()) -> list[str]:
-    """The chunk's complete sentences from its start, in order, while they fit ``budget`` weighted characters (at
-    least one): a card about the asked topic reads best as written."""
-    out: list[str] = []
-    used = 0
-    for piece in pieces(text, abbreviations):
-        if not _COMPLETE.search(piece.text):
-            continue
-        size = weighted_len(piece.text)
-        if out and used + size > budget:
-            break
-        out.append(piece.text)
-        used += size
+def card_pieces(card: Sequence[StoredChunk], abbreviations: frozenset[str]) -> list[tuple[Piece, StoredChunk]]:
+    """Every piece of a card over all its chunks, in reading order, each with the chunk it comes from; the
+    sentences one chunk carries over into the next (the chunker's overlap) are read once."""
+    out: list[tuple[Piece, StoredChunk]] = []
+    seen: set[tuple[bool, str]] = set()
+    offset = 0
+    for chunk in card:
+        found = pieces(chunk.text, abbreviations)
+        for piece in found:
+            if (piece.item, piece.text) in seen:
+                continue
+            seen.add((piece.item, piece.text))
+            out.append((Piece(piece.text, piece.block + offset, piece.item), chunk))
+        offset += 1 + max((p.block for p in found), default=0)
     return out
 
 
-def _definition(chunks: list[StoredChunk], term: str, asks: ContentAsks) -> tuple[int, str] | None:
-    """(chunk index, sentence) of the sentence that best defines ``term``: it names the term and uses a defining
-    word ("is", "refers to", 「とは」, 「を指す」); one that opens with the term ("An LLM, in their usage, is",
-    「ファインチューニングしたモデル：」) beats one that mentions it later; earlier chunks win ties."""
+def card_units(card: Sequence[StoredChunk], lang: str, abbreviations: frozenset[str]) -> list[Unit]:
+    """A card's quotable units in reading order: each complete sentence, and each list with the sentence just
+    before it. Units that do not end like a sentence (a heading-like line, an item ending in ";") are left out."""
+    raw: list[tuple[list[str], list[StoredChunk], list[str], int]] = []  # (intro sentences, chunks, items, block)
+    for piece, chunk in card_pieces(card, abbreviations):
+        if piece.item and raw:
+            texts, chunks, items, _ = raw[-1]
+            items.append(piece.text)
+            if chunk not in chunks:
+                chunks.append(chunk)
+        else:
+            raw.append(([] if piece.item else [piece.text], [chunk], [piece.text] if piece.item else [], piece.block))
+    out = []
+    for texts, chunks, items, block in raw:
+        text = _join(texts + items, lang)
+        if text and _COMPLETE.search(text):
+            out.append(Unit(text, tuple(chunks), tuple(items), _join(texts, lang) if items else "", block))
+    return out
+
+
+def _depth(chunk: StoredChunk) -> int:
+    """How specific a survey section is: "4.4.1" -> 3, "4" -> 1; a non-numbered section -> 0."""
+    section = str(chunk.metadata.get("section", ""))
+    return section.count(".") + 1 if re.fullmatch(r"\d+(?:\.\d+)*", section) else 0
+
+
+def _overlap(terms: set[str], text: str) -> int:
+    return len(terms & set(tokenize(text)))
+
+
+def topic_units(units: list[Unit], terms: set[str], budget: int = TOPIC_BUDGET) -> list[Unit]:
+    """The card about the asked topic: whole when it fits ``budget`` weighted characters, else its first unit and
+    then the units sharing the most terms with the question while they fit, in reading order."""
+    sizes = [weighted_len(u.text) for u in units]
+    if sum(sizes) <= budget:
+        return list(units)
+    chosen, used = {0}, sizes[0] if sizes else 0
+    for i in sorted(range(1, len(units)), key=lambda i: (-_overlap(terms, units[i].text), i)):
+        if used + sizes[i] <= budget:
+            chosen.add(i)
+            used += sizes[i]
+    return [units[i] for i in sorted(chosen) if i < len(units)]
+
+
+def _paragraphs(units: list[Unit]) -> list[list[Unit]]:
+    """Units grouped by the paragraph they start in (a list ends its paragraph's line)."""
+    groups: list[list[Unit]] = []
+    for unit in units:
+        if groups and not groups[-1][-1].items and groups[-1][-1].block == unit.block:
+            groups[-1].append(unit)
+        else:
+            groups.append([unit])
+    return groups
+
+
+def best_units(units: list[Unit], terms: set[str], limit: int) -> list[Unit]:
+    """Up to ``limit`` units sharing the most terms with the question (long lists aside), in reading order."""
+    short = [i for i, u in enumerate(units) if weighted_len(u.text) <= UNIT_MAX]
+    ranked = sorted(short, key=lambda i: (-_overlap(terms, units[i].text), i))
+    return [units[i] for i in sorted(ranked[:limit])]
+
+
+def _definition(cards: list[list[Unit]], term: str, titles: list[str], asks: ContentAsks) -> tuple[int, Unit] | None:
+    """(card index, unit) of the sentence that best defines ``term``: it names the term and uses a defining word
+    ("is", "refers to", 「とは」, 「を指す」); one that opens with the term ("An LLM, in their usage, is",
+    「ファインチューニングしたモデル：」) beats one that mentions it later; earlier cards win ties."""
     wanted = set(tokenize(term))
     if not wanted:
         return None
-    best: tuple[int, int, int, str] | None = None  # (-score, chunk index, position, sentence)
-    for index, chunk in enumerate(chunks):
-        title = str(chunk.metadata.get("title", "")).lower()
-        defining = any(word in title for word in asks.definition_titles)  # a card about definitions
-        for position, piece in enumerate(pieces(chunk.text, asks.abbreviations)):
-            text = piece.text.lower()
-            cues = asks.definition_cues.get("ja" if CJK.search(piece.text) else "en", ())
-            if not wanted <= set(tokenize(piece.text)) or not any(cue.lower() in text for cue in cues):
+    best: tuple[int, int, int, Unit] | None = None  # (-score, card index, position, unit)
+    for index, units in enumerate(cards):
+        defining = any(word in titles[index].lower() for word in asks.definition_titles)  # a card about definitions
+        # A list item "LLM: a very large model ..." / 「LLM：膨大なデータで…」 defines its opening term by its form.
+        candidates = [u for unit in units for u in ([Unit(i, unit.chunks) for i in unit.items] or [unit])]
+        for position, unit in enumerate(candidates):
+            text = unit.text.lower()
+            cues = asks.definition_cues.get("ja" if CJK.search(unit.text) else "en", ())
+            labelled = re.match(r"[^:：。.]{1,40}[:：]", text)
+            if not wanted <= set(tokenize(unit.text)) or not (
+                any(cue.lower() in text for cue in cues) or (labelled and wanted <= set(tokenize(labelled.group())))
+            ):
                 continue
             head = re.split(r"[:：,、]| is | are |とは|は", text, maxsplit=1)[0]
             score = (2 if wanted <= set(tokenize(head)) else 1) + (2 if defining else 0)
-            candidate = (-score, index, position, piece.text)
-            best = candidate if best is None or candidate < best else best
+            candidate = (-score, index, position, unit)
+            best = candidate if best is None or candidate[:3] < best[:3] else best
     return (best[1], best[3]) if best else None
 
 
-def _list_answer(chunk: StoredChunk, ask: Ask, asks: ContentAsks) -> list[str] | None:
-    """The chunk's list: the sentence that introduces it, then every point (``ask.n`` points for a count ask)."""
-    found = pieces(chunk.text, asks.abbreviations)
-    items = [p for p in found if p.item]
-    if len(items) < 2 or (ask.kind == "count" and len(items) < ask.n):
-        return None
-    first = found.index(items[0])
-    intro = [p.text for p in found[:first] if p.block == found[first - 1].block] if first else []
-    chosen = items[: ask.n] if ask.kind == "count" else items
-    return intro[-2:] + [f"{i}. {p.text}" for i, p in enumerate(chosen, start=1)]
+def _list_answer(units: list[Unit], ask: Ask) -> tuple[list[str], tuple[StoredChunk, ...]] | None:
+    """A card's list: the sentence that introduces it, then every point (``ask.n`` points for a count ask), and
+    the chunks they come from."""
+    for unit in units:
+        if len(unit.items) < 2 or (ask.kind == "count" and len(unit.items) < ask.n):
+            continue
+        chosen = unit.items[: ask.n] if ask.kind == "count" else unit.items
+        return ([unit.intro] if unit.intro else []) + [f"{i}. {p}" for i, p in enumerate(chosen, start=1)], unit.chunks
+    return None
+
+
+_NAMED_NUMBER = re.compile(r"(?:remarks?|リマーク|section|sec\.|§|figure|fig\.|図|table|表|step|ステップ)\s*(\d+)"
+                           r"|(\d+(?:\.\d+)*)\s*(?:節|章)")
+
+
+def specific_terms(question: str, asks: ContentAsks) -> set[str]:
+    """The question's words that pick out a topic: not its generic words and phrases ("survey", "say", "LLM",
+    "fine-tuned"), one-letter or all-hiragana tokens (numbers stay: "Remark 6")."""
+    text = question.lower()
+    for phrase in asks.generic_phrases:
+        text = text.replace(phrase, " ")
+    named = {n for m in _NAMED_NUMBER.findall(text) for n in m if n}  # "Remark 6", 「図2」, 「4.1節」
+    return {t for t in set(tokenize(text)) - asks.generic_terms
+            if (t in named or (len(t) >= 2 and not t.isdigit())) and not _HIRAGANA.fullmatch(t)}
+
+
+def _cite_all(chunks: Sequence[StoredChunk], cites: Citations) -> str:
+    return "".join(dict.fromkeys(cites.cite(c) for c in chunks))
 
 
 def compose_content(
-    chunks: list[StoredChunk], question: str, lang: str, cites: Citations, asks: ContentAsks | None = None
+    chunks: list[StoredChunk],
+    question: str,
+    lang: str,
+    cites: Citations,
+    asks: ContentAsks | None = None,
+    cards: dict[str, list[StoredChunk]] | None = None,
 ) -> str:
-    """A content answer of whole sentences with [n] markers: the points of a remark or list when the question asks
-    for them ("what does Remark 5 say", "the three challenges"), a definition first when it asks for one, else the
-    sentences of each chunk closest to the question."""
+    """A content answer of whole sentences with [n] markers. ``cards``: every chunk of each given chunk's card, in
+    order (chunk id -> chunks), so a card is read whole rather than from the one chunk retrieval found. The card
+    whose title shares the most words with the question is the topic: the points of its list when the question
+    asks for them ("what does Remark 5 say", "the three challenges"), else the card as written (within
+    ``TOPIC_BUDGET``, one line per paragraph); a definition first when the question asks for one; then up to
+    ``TOPICAL_FURTHER`` sentences of a further card whose title also names the topic, one of any other card, each
+    only when it shares a specific word with the question."""
     asks = asks or ContentAsks()
+    cards = cards or {}
     terms = set(tokenize(question))
+    specific = specific_terms(question, asks)
+    further = specific_terms(_NAMED_NUMBER.sub(" ", question.lower()), asks)  # "Remark 5" alone names one card
     ask = read_ask(question, asks)
+    read = [card_units(cards.get(c.id) or [c], lang, asks.abbreviations) for c in chunks]
+    titled = [_overlap(specific, _title(c)) for c in chunks]
+    top = max(titled, default=0)
+    # The topic card first (on a tie the more specific section: "4.4.1" before its summary "4.4"), then as retrieved.
+    order = sorted(range(len(chunks)), key=lambda i: (-titled[i], -_depth(chunks[i]) if titled[i] else 0, i))
     lines = [T[lang]["content_intro"], ""]
-    rest = list(chunks)
-    if ask.kind == "definition" and (found := _definition(chunks, ask.term, asks)):
-        index, sentence = found
-        lines = [sentence + cites.cite(chunks[index]), ""]
-        others = [s for s in best_sentences(chunks[index].text, terms, 2, asks.abbreviations) if s != sentence]
+    led = False
+    if ask.kind == "definition" and (found := _definition([read[i] for i in order], ask.term,
+                                                          [_title(chunks[i]) for i in order], asks)):
+        index, unit = found
+        index = order[index]
+        lines = [unit.text + _cite_all(unit.chunks, cites), ""]
+        after = next((k + 1 for k, u in enumerate(read[index]) if unit.text in u.text), len(read[index]))
+        following = read[index][after : after + 1]  # the sentence after a definition usually completes it
+        others = following if following and following[0].block == unit.block and not following[0].items else [
+            u for u in best_units(read[index], terms, 2) if unit.text not in u.text][:1]
         if others:
-            lines[-1:] = [_join(others[:1], lang) + cites.cite(chunks[index]), ""]
-        rest = chunks[:index] + chunks[index + 1 :]
+            lines[-1:] = [others[0].text + _cite_all(others[0].chunks, cites), ""]
+        order.remove(index)
+        led = True
     elif ask.kind in ("list", "count"):
-        # The chunk with a list whose title shares the most terms with the question ("Remark 1" -> the Remark 1
-        # card, not another card of section 3 that happens to hold a list); earlier chunks win ties.
-        listed = [(i, found) for i, c in enumerate(chunks) if (found := _list_answer(c, ask, asks))]
-        if listed:
-            index, found = min(listed, key=lambda x: (-len(terms & set(tokenize(_title(chunks[x[0]])))), x[0]))
-            lines += [f"**{_title(chunks[index])}**{cites.cite(chunks[index])}", *found, ""]
-            rest = chunks[:index] + chunks[index + 1 :]
-    limit = 1 if len(lines) > 2 else 4  # the first source gets room unless a list or definition led
-    specific = terms - asks.generic_terms
-    for position, chunk in enumerate(rest):
-        if limit > 1 and specific & set(tokenize(_title(chunk))):
-            chosen = lead_sentences(chunk.text, TOPIC_BUDGET, asks.abbreviations)  # a card about the very topic
-        else:
-            chosen = best_sentences(chunk.text, terms, limit, asks.abbreviations)
-        if position and not specific & set(tokenize(" ".join(chosen))):
+        # The list of the card whose title shares the most words with the question ("Remark 1" -> the Remark 1
+        # card, not another card that happens to hold a list); any card's list when no title does.
+        for i in [i for i in order if titled[i] == top] if top else order:
+            if (found := _list_answer(read[i], ask)) is not None:
+                points, used = found
+                lines += [f"**{_title(chunks[i])}**{_cite_all(used, cites)}", *points, ""]
+                order.remove(i)
+                led = True
+                break
+    limit = 1 if led else 4  # the first source gets room unless a list or definition led
+    for position, i in enumerate(order):
+        if not led and position == 0 and titled[i]:
+            # The card about the very topic, read as written: its title, then one line per paragraph.
+            chosen = topic_units(read[i], terms)
+            lines.append(f"**{_title(chunks[i])}**")
+            for group in _paragraphs(chosen):
+                used = [c for u in group for c in u.chunks]
+                lines += [_join([u.text for u in group], lang) + _cite_all(used, cites), ""]
+            limit = 1
+            continue
+        # A further card whose title also names the topic gets a few sentences, any other one sentence.
+        chosen = best_units(read[i], terms, max(limit, TOPICAL_FURTHER if titled[i] else 1))
+        if position and not further & set(tokenize(" ".join(u.text for u in chosen))):
             continue  # a further chunk must share a specific word with the question, not only "survey" or "say"
         if chosen:
-            heading = chunk.metadata.get("title", "")
-            lines.append(f"- **{heading}**: {_join(chosen, lang)}{cites.cite(chunk)}")
+            used = [c for u in chosen for c in u.chunks]
+            lines.append(f"- **{_title(chunks[i])}**: {_join([u.text for u in chosen], lang)}{_cite_all(used, cites)}")
         limit = 1
     return "\n".join(lines).strip()
 
 
-def content_chunks(hits, lang: str, survey_id: str, first=(), limit: int = 3, near: float = 0.8) -> list[StoredChunk]:
+def content_chunks(
+    hits, lang: str, survey_id: str, first=(), limit: int = 3, near: float = 0.8, terms: frozenset[str] = frozenset()
+) -> list[StoredChunk]:
     """The chunks a content answer quotes, from the fused ``hits``: chunks of sections the question names
     (``first``), then one chunk per card (a card's English and Japanese versions count as one) in the question's
-    language first; among hits scoring within ``near`` of the best, the survey's own sections come before
-    secondary sources."""
+    language first; then cards whose title shares more of the question's specific ``terms`` (``specific_terms``:
+    "cost" finds the cost card even when label-count cards rank higher); among hits scoring within ``near`` of the
+    best, the survey's own sections come before secondary sources."""
     top = max((h.score for h in hits), default=0.0)
     ranked = sorted(
         enumerate(hits[:8]),
@@ -545,6 +668,10 @@ def content_chunks(hits, lang: str, survey_id: str, first=(), limit: int = 3, ne
             item[0],
         ),
     )
+    titled = [(_overlap(set(terms), _title(h.chunk)), -n) for n, (_, h) in enumerate(ranked)
+              if h.chunk.metadata.get("lang") == lang]
+    if titled and max(titled)[0] > 0:  # the card named by the question's words leads (then the order above)
+        ranked.insert(0, ranked.pop(-max(titled)[1]))
     out: list[StoredChunk] = []
     seen: set[tuple[str, str]] = set()
     for chunk in [*first, *(hit.chunk for _, hit in ranked)]:

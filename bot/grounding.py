@@ -55,6 +55,7 @@ class Grounding:
     decision: Decision | None = None
     evidence: Evidence = field(default_factory=Evidence)
     content: list[StoredChunk] = field(default_factory=list)
+    cards: dict[str, list[StoredChunk]] = field(default_factory=dict)  # content chunk id -> its card's chunks
     notice: str | None = None
     follow_up: bool = False
     debug: dict = field(default_factory=dict)

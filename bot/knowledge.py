@@ -238,6 +238,7 @@ class ContentAsks:
     definition_cues: dict[str, tuple[str, ...]] = field(default_factory=dict)
     definition_titles: tuple[str, ...] = ()
     generic_terms: frozenset[str] = frozenset()
+    generic_phrases: tuple[str, ...] = ()  # taken out of a question before its specific words are read
     abbreviations: frozenset[str] = frozenset()
     counts: dict[str, int] = field(default_factory=dict)
     count_patterns: tuple[re.Pattern[str], ...] = ()
@@ -261,6 +262,7 @@ def load_content_asks(path: Path) -> ContentAsks:
         definition_asks=patterns("definition_asks"),
         definition_cues={lang: tuple(data.get(f"definition_cues_{lang}", [])) for lang in ("en", "ja")},
         generic_terms=frozenset(t for w in data.get("generic_words", []) for t in tokenize(str(w))),
+        generic_phrases=tuple(str(w).lower() for w in data.get("generic_phrases", [])),
         definition_titles=tuple(str(w).lower() for w in data.get("definition_titles", [])),
         abbreviations=frozenset(str(a).lower() for a in data.get("abbreviations", [])),
         counts={str(k).lower(): int(v) for k, v in data.get("counts", {}).items()},

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bot.answer import Answer, check_citations, previous_user_message, to_messages
-from bot.compose import content_chunks, evidence_requests
+from bot.compose import content_chunks, evidence_requests, specific_terms
 from bot.engine import Decision, DecisionEngine, asks_about_survey
 from bot.grounding import Evidence, Grounding
 from bot.knowledge import load_content_asks, load_flow, load_sources
@@ -19,7 +19,7 @@ from bot.retrieval import HybridRetriever
 from bot.text import clip_question, detect_language, normalize_question, tokenize
 from ingest.config import Settings
 from ingest.embeddings import DocumentMemo, Embedder, load_embedder
-from ingest.store import ChunkStore
+from ingest.store import ChunkStore, StoredChunk
 
 TASK_EVIDENCE_K = 8  # candidates per section when the claim is about a task (one that names the task is preferred)
 Condenser = Callable[[str, list], str]  # (question, history messages) -> standalone question
@@ -33,10 +33,11 @@ class Gate:
     accept: float  # best dense similarity at or above which a question is in scope
     with_match: float  # at or above which it is in scope when it names a task, a flow cue or the survey
     offtopic_p: float  # the reader's off-topic probability at or above which a question is refused
+    content_p: float = 1.01  # the reader's content probability at or above which a question matches (off: > 1)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gate:
-        return cls(settings.gate_accept, settings.gate_with_match, settings.gate_offtopic_p)
+        return cls(settings.gate_accept, settings.gate_with_match, settings.gate_offtopic_p, settings.gate_content_p)
 
 
 class AnswerService:
@@ -149,6 +150,7 @@ class AnswerService:
         top_dense = max((h.dense for h in hits), default=0.0)
         matched = reading.intent != "offtopic" and (
             reading.task_named or decision.cue_hit or asks_about_survey(lowered)
+            or (reading.reader == "learned" and reading.intent == "content" and reading.intent_p >= self.gate.content_p)
         )
         read_offtopic = reading.intent == "offtopic" and reading.intent_p >= self.gate.offtopic_p
         in_scope = (
@@ -178,7 +180,10 @@ class AnswerService:
                 for section in self.referenced_sections(lowered)
                 if (found := self.retriever.best_in_sections(vector, [section], self.flow.doc_id, lang))
             ]
-            grounding.content = content_chunks(hits, lang, self.flow.doc_id, first=referenced)
+            grounding.content = content_chunks(
+                hits, lang, self.flow.doc_id, first=referenced, terms=frozenset(specific_terms(text, self.asks))
+            )
+            grounding.cards = self.card_chunks(grounding.content)
         return grounding
 
     def fetch_evidence(self, decision: Decision, vector: np.ndarray, lang: str) -> Evidence:
@@ -207,6 +212,20 @@ class AnswerService:
                     break
             evidence.found[key] = naming or first
         return evidence
+
+    def card_chunks(self, chunks: list[StoredChunk]) -> dict[str, list[StoredChunk]]:
+        """Every live chunk of each given chunk's card (its file), in order: a content answer reads the card whole,
+        not only the chunk retrieval found."""
+        groups = {(str(c.metadata.get("source_path", "")), str(c.metadata.get("generation", ""))) for c in chunks}
+        by_card: dict[tuple[str, str], list[StoredChunk]] = {}
+        for chunk in self.store.generation_chunks(sorted(groups)):
+            key = (str(chunk.metadata.get("source_path", "")), str(chunk.metadata.get("generation", "")))
+            by_card.setdefault(key, []).append(chunk)
+        out = {}
+        for c in chunks:
+            card = by_card.get((str(c.metadata.get("source_path", "")), str(c.metadata.get("generation", ""))), [])
+            out[c.id] = sorted(card, key=lambda x: int(x.metadata.get("chunk_index", 0))) if card else [c]
+        return out
 
     def referenced_sections(self, lowered: str) -> list[str]:
         """Survey sections a question names: "Remark 8", "section 4.1", "§5.2", "4.3節", "Figure 2" / 「図2」."""

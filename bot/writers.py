@@ -90,7 +90,7 @@ class TemplateWriter:
         if g.kind == "decision" and g.decision is not None:
             body = compose_decision(g.decision, self.flow, lang, g.evidence.best, cites)
         else:
-            body = compose_content(g.content, g.text, lang, cites, self.asks)
+            body = compose_content(g.content, g.text, lang, cites, self.asks, g.cards)
         mark_support(body, cites)
         answer.answer = with_sources(body, lang, cites)
         answer.citations = [c.to_json() for c in cites.items]

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     gate_offtopic_p: float = Field(
         default=0.6, ge=0, le=1, description="Reader's off-topic probability at or above which a question is refused."
     )
+    # The learned reader's content probability counts as a match too: every off-topic question of the dev set was
+    # read as off-topic (p >= 0.92), while content questions about the survey's figures or sections that name no
+    # task or cue (「Figure 2の…順番は？」, "the three perspectives ... real-world tasks") fell below the bare bar.
+    gate_content_p: float = Field(
+        default=0.9, ge=0, le=1, description="Reader's content probability at or above which a question matches."
+    )
     generator: Literal["none", "openai", "ollama", "llamacpp"] = "none"
     llm_base_url: str | None = None
     llm_model: str | None = None

@@ -107,7 +107,56 @@ def test_plain_answer_quotes_complete_sentences_and_only_related_sources() -> No
     assert [c.chunk.id for c in cites.items] == [chunks[0].id]
     assert answer.index("nonsensical or untrue") < answer.index("healthcare")  # the topic card, read as written
     labels = compose_content(chunks[1:], "What does the survey say about 1,000 labels?", "en", Citations(SOURCES), ASKS)
-    assert "walk continues;" not in labels and answer.count("[1]") == 1
+    line = next(line for line in labels.splitlines() if "walk continues;" in line)
+    assert line.startswith("dotchi therefore applies its own rule of thumb"), line  # an item only with its intro
+
+
+def _split(chunk: StoredChunk, at: str) -> list[StoredChunk]:
+    """The card as the store may hold it: two chunks, the second starting at ``at``."""
+    cut = chunk.text.index(at)
+    meta = dict(chunk.metadata)
+    return [StoredChunk(chunk.id + "#0", chunk.text[:cut].strip(), {**meta, "chunk_index": 0}),
+            StoredChunk(chunk.id + "#1", chunk.text[cut:].strip(), {**meta, "chunk_index": 1})]
+
+
+def test_a_card_is_read_over_all_its_chunks() -> None:
+    """Retrieval found the second chunk of the card; the answer still gives the examples in its first chunk, cites
+    both chunks, and does so only when it has the card's chunks."""
+    first, second = _split(card("en/yang2023harnessing/4.4.3-scaling-no-use.md"), "Why this happens")
+    question = "Explain inverse scaling and the U-shaped phenomenon, with example tasks."
+    cites = Citations(SOURCES)
+    answer = compose_content([second], question, "en", cites, ASKS, cards={second.id: [first, second]})
+    assert "Redefine-math" in answer and "Why this happens" in answer
+    assert answer.index("Redefine-math") < answer.index("Why this happens")  # in reading order
+    assert {c.chunk.id for c in cites.items} == {first.id, second.id}
+    assert "Redefine-math" not in compose_content([second], question, "en", Citations(SOURCES), ASKS)
+
+
+def test_the_card_named_by_the_question_leads() -> None:
+    """The card whose title shares the question's specific words comes first, whatever retrieval ranked higher;
+    words every question here uses ("LLMs", "fine-tuned models") do not count."""
+    chunks = [card("en/yang2023harnessing/3.2-abundant-annotated.md"),
+              card("en/yang2023harnessing/4.2.1-summarization-translation-use.md")]
+    cites = Citations(SOURCES)
+    compose_content(chunks, "On summarization, do LLMs actually beat fine-tuned models?", "en", cites, ASKS)
+    assert cites.items[0].chunk.id == chunks[1].id
+
+
+def test_a_list_ask_takes_the_list_of_the_named_card_only() -> None:
+    """"What does Remark 2 say" reads the Remark 2 card (which has no list), not another card's list."""
+    chunks = [card("ja/yang2023harnessing/3.2-label-count-rule-of-thumb.md"),
+              card("ja/yang2023harnessing/4.1-remark2.md")]
+    cites = Citations(SOURCES)
+    answer = compose_content(chunks, "Remark 2 は何と言っていますか？", "ja", cites, ASKS)
+    assert cites.items[0].chunk.id == chunks[1].id
+    assert not re.search(r"^1\. ", answer, re.MULTILINE), answer
+
+
+def test_a_list_item_defines_its_opening_term() -> None:
+    """「LLM：膨大なデータで…」 is a definition by its form (no defining word needed)."""
+    chunks = [card("ja/yang2023harnessing/4.1.2-nlu-use.md"), card("ja/yang2023harnessing/1-definitions.md")]
+    answer = compose_content(chunks, "LLMとは何ですか？", "ja", Citations(SOURCES), ASKS)
+    assert answer.startswith("LLM:膨大なデータで事前学習され"), answer
 
 
 def test_content_chunks_prefer_language_survey_and_one_chunk_per_card() -> None:

@@ -201,3 +201,21 @@ def test_follow_up_facts_override_the_earlier_question(bot_service) -> None:
     assert follow.verdict in ("llm", "depends")
     few = next(p for p in follow.flow_path if p["id"] == "few_labels")
     assert few["holds"] is True
+
+
+def test_a_sure_content_reading_passes_the_gate_below_the_bare_bar(bot_service: AnswerService) -> None:
+    """A question about the figure that names no task, cue or "survey" sits just below the bare similarity bar; the
+    learned reader's sure content reading lets it through (``Settings.gate_content_p``). Without that bar it is
+    refused, and an off-topic question stays refused either way."""
+    import dataclasses
+
+    question = "図の判断フローは条件をどの順に確認しますか？"
+    grounding = bot_service.ground(question)
+    assert grounding.debug["top_dense"] < bot_service.gate.accept and grounding.kind == "content"
+    assert bot_service.ground("What is the capital of France?").abstained
+    gate = bot_service.gate
+    try:
+        bot_service.gate = dataclasses.replace(gate, content_p=1.01)
+        assert bot_service.ground(question).abstained
+    finally:
+        bot_service.gate = gate
