@@ -45,7 +45,8 @@ class Evidence:
 @dataclass
 class Grounding:
     """One turn, grounded. ``sources`` are the numbered chunks (1..N) an LLM writer is shown; the template writer
-    cites from ``evidence`` (decisions) or ``content`` (content questions), which are subsets of ``sources``."""
+    cites from ``evidence`` (decisions) or ``content`` and its cards (content questions), which are subsets of
+    ``sources``."""
 
     question: str  # as the user typed it
     text: str  # what was read: the turn, or the turn read together with the previous one; clipped
@@ -66,7 +67,13 @@ class Grounding:
 
     @property
     def sources(self) -> list[StoredChunk]:
-        return self.content if self.kind == "content" else self.evidence.chunks()
+        if self.kind != "content":
+            return self.evidence.chunks()
+        seen: dict[str, StoredChunk] = {}  # each content chunk's whole card (its chunks in order), once
+        for chunk in self.content:
+            for part in self.cards.get(chunk.id) or [chunk]:
+                seen.setdefault(part.id, part)
+        return list(seen.values())
 
     @property
     def verdict(self) -> str | None:
