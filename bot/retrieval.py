@@ -141,6 +141,7 @@ class HybridRetriever:
             vector = self._query_vectors.get(question)
         if vector is None:
             vector = self.embedder.encode_queries([question])[0]
+            vector.setflags(write=False)  # shared by every caller that asks again: never changed in place
             with self._vectors_lock:
                 self._query_vectors[question] = vector
                 while len(self._query_vectors) > QUERY_CACHE_SIZE:
