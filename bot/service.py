@@ -216,14 +216,12 @@ class AnswerService:
     def card_chunks(self, chunks: list[StoredChunk]) -> dict[str, list[StoredChunk]]:
         """Every live chunk of each given chunk's card (its file), in order: a content answer reads the card whole,
         not only the chunk retrieval found."""
-        groups = {(str(c.metadata.get("source_path", "")), str(c.metadata.get("generation", ""))) for c in chunks}
         by_card: dict[tuple[str, str], list[StoredChunk]] = {}
-        for chunk in self.store.generation_chunks(sorted(groups)):
-            key = (str(chunk.metadata.get("source_path", "")), str(chunk.metadata.get("generation", "")))
-            by_card.setdefault(key, []).append(chunk)
+        for chunk in self.store.generation_chunks(sorted({c.group for c in chunks})):
+            by_card.setdefault(chunk.group, []).append(chunk)
         out = {}
         for c in chunks:
-            card = by_card.get((str(c.metadata.get("source_path", "")), str(c.metadata.get("generation", ""))), [])
+            card = by_card.get(c.group, [])
             out[c.id] = sorted(card, key=lambda x: int(x.metadata.get("chunk_index", 0))) if card else [c]
         return out
 

@@ -43,6 +43,11 @@ class StoredChunk:
     text: str
     metadata: dict[str, Any]
 
+    @property
+    def group(self) -> tuple[str, str]:
+        """(source path, generation): the one ingest of one file that wrote this chunk, i.e. its card."""
+        return str(self.metadata.get("source_path", "")), str(self.metadata.get("generation", ""))
+
 
 def open_client(settings: Settings) -> chromadb.api.ClientAPI:
     chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
@@ -189,7 +194,7 @@ class ChunkStore:
         wanted = set(groups)
         if len(wanted) > 20:
             for chunk in self.iter_chunks(live_only=False):
-                if (chunk.metadata.get("source_path"), chunk.metadata.get("generation")) in wanted:
+                if chunk.group in wanted:
                     yield chunk
             return
         for path, generation in sorted(wanted):
