@@ -259,8 +259,9 @@ class RuleReader:
         self, text: str, vector: np.ndarray | None = None, follow_up: str | None = None, follow_up_vector=None
     ) -> Reading:
         """``text`` is the normalised, lower-cased question. When it is an earlier question joined with a
-        ``follow_up``, what the follow-up itself states (cues, label counts) overrides the earlier facts."""
-        tasks = self.match_tasks(text, vector)
+        ``follow_up``, what the follow-up itself states (cues, label counts) overrides the earlier facts.
+        ``vector``: the question's embedding (a ``QueryEncoding``'s vector is taken)."""
+        tasks = self.match_tasks(text, getattr(vector, "vector", vector))
         lexical = [t for t, s in tasks if s >= 1.0]
         semantic_ok = bool(tasks) and tasks[0][1] >= self.semantic_task_min
         task = tasks[0][0] if tasks and (lexical or semantic_ok) else None

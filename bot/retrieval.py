@@ -16,7 +16,7 @@ import numpy as np
 
 from bot.text import tokenize
 from ingest import keyword
-from ingest.embeddings import Embedder
+from ingest.embeddings import Embedder, QueryEncoding
 from ingest.keyword import KeywordIndex
 from ingest.store import ChunkStore, StoredChunk
 
@@ -62,6 +62,46 @@ class LiveChunks(Sequence[StoredChunk]):
         return list(self) == other if isinstance(other, list) else NotImplemented
 
 
+class SectionChunks:
+    """The live chunks of one document's sections with their vectors, fetched from the store the first time a
+    section is asked for and then searched exactly in memory: the evidence an answer cites comes from a handful
+    of the flow document's sections, and a filtered Chroma query per section cost ~3 ms each."""
+
+    def __init__(self, store: ChunkStore, live: dict[str, str]) -> None:
+        self.store, self.live = store, live
+        self._found: dict[tuple[str, str], tuple[list[StoredChunk], np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def _section(self, doc_id: str, section: str) -> tuple[list[StoredChunk], np.ndarray]:
+        key = (doc_id, section)
+        found = self._found.get(key)
+        if found is None:
+            with self._lock:
+                found = self._found.get(key)
+                if found is None:
+                    chunks, vectors = self.store.section_chunks(doc_id, section, self.live)
+                    found = self._found[key] = (chunks, vectors)
+        return found
+
+    def best(
+        self, vector: np.ndarray, doc_id: str, sections: Sequence[str], k: int, lang: str | None = None
+    ) -> list[tuple[StoredChunk, float]]:
+        """The ``k`` chunks (of ``lang`` when given) most similar to ``vector`` in the given sections."""
+        chunks: list[StoredChunk] = []
+        rows: list[np.ndarray] = []
+        for section in sections:
+            found, vectors = self._section(doc_id, section)
+            for chunk, row in zip(found, vectors, strict=True):
+                if lang is None or chunk.metadata.get("lang") == lang:
+                    chunks.append(chunk)
+                    rows.append(row)
+        if not chunks:
+            return []
+        sims = np.einsum("ij,j->i", np.vstack(rows), np.asarray(vector, dtype=np.float32))
+        order = sorted(range(len(chunks)), key=lambda i: (-float(sims[i]), chunks[i].id))[:k]
+        return [(chunks[i], float(sims[i])) for i in order]
+
+
 @dataclass(frozen=True)
 class _View:
     """What one search reads: the keyword index and the live-generation map of one store state."""
@@ -70,6 +110,7 @@ class _View:
     live: dict[str, str]
     index: KeywordIndex
     chunks: LiveChunks
+    sections: SectionChunks
 
 
 class HybridRetriever:
@@ -96,7 +137,8 @@ class HybridRetriever:
         self.check_interval = check_interval
         self._lock = threading.Lock()
         self._vectors_lock = threading.Lock()
-        self._query_vectors: dict[str, np.ndarray] = {}
+        self._query_vectors: dict[str, QueryEncoding] = {}
+        self.token_layer = -1  # the hidden layer whose token vectors encodings keep (set by the reader's needs)
         self._checked = 0.0
         self.refresh()
 
@@ -104,7 +146,7 @@ class HybridRetriever:
         """Re-read the store's state and open its keyword index (after an ingest)."""
         live, digest = state or self.store.live_state()
         index = keyword.sync(self.store, state=(live, digest))
-        self._view = _View(digest, live, index, LiveChunks(self.store, index))
+        self._view = _View(digest, live, index, LiveChunks(self.store, index), SectionChunks(self.store, live))
         self._checked = time.monotonic()
 
     def refresh_if_changed(self) -> bool:
@@ -135,18 +177,25 @@ class HybridRetriever:
         index = self._view.index
         return {index.chunk_id(i): i for i in range(len(index))}
 
-    def embed_query(self, question: str) -> np.ndarray:
-        """The query embedding; the last few are kept, since a chat re-reads its earlier turns."""
+    def encode_query(self, question: str) -> QueryEncoding:
+        """The query embedding with its token vectors of hidden layer ``token_layer`` (what the learned reader
+        pools its sentence vectors from: one forward pass serves both); the last few are kept, since a chat
+        re-reads its earlier turns."""
         with self._vectors_lock:
-            vector = self._query_vectors.get(question)
-        if vector is None:
-            vector = self.embedder.encode_queries([question])[0]
-            vector.setflags(write=False)  # shared by every caller that asks again: never changed in place
+            found = self._query_vectors.get(question)
+        if found is None or found.layer != self.token_layer:
+            found = self.embedder.encode_query_tokens([question], self.token_layer)[0]
+            for array in (found.vector, found.tokens, found.offsets):
+                array.setflags(write=False)  # shared by every caller that asks again: never changed in place
             with self._vectors_lock:
-                self._query_vectors[question] = vector
+                self._query_vectors[question] = found
                 while len(self._query_vectors) > QUERY_CACHE_SIZE:
                     self._query_vectors.pop(next(iter(self._query_vectors)))
-        return vector
+        return found
+
+    def embed_query(self, question: str) -> np.ndarray:
+        """The query embedding (cached with its token vectors, see ``encode_query``)."""
+        return self.encode_query(question).vector
 
     def search(
         self,
@@ -210,8 +259,9 @@ class HybridRetriever:
         wanted = sorted(set(sections) if exact else {s for sec in sections for s in self.sections_under(sec)})
         if not wanted:
             return []
-        base = [{"doc_id": doc_id}, {"section": {"$in": wanted}}]
-        found = self.dense(vector, k, where={"$and": [*base, {"lang": lang}]})
+        view = self._current()
+        found = view.sections.best(vector, doc_id, wanted, k, lang)
         if len(found) < k:
-            found += [f for f in self.dense(vector, k, where={"$and": base}) if f[0].id not in {x[0].id for x in found}]
+            seen = {f[0].id for f in found}
+            found += [f for f in view.sections.best(vector, doc_id, wanted, k) if f[0].id not in seen]
         return found[:k]

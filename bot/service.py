@@ -71,6 +71,7 @@ class AnswerService:
             from bot.turns import ensure_turn_reader
 
             self.engine.reader = ensure_reader(settings, self.embedder, self.flow, progress=True)
+            self.retriever.token_layer = self.engine.reader.config.part_layer  # one forward pass serves both
             self.turns = ensure_turn_reader(settings, self.embedder)
 
     @property
@@ -114,13 +115,14 @@ class AnswerService:
         own_text = normalize_question(raw)
         # The turn's own embedding serves the follow-up decision, the follow-up's own reading, and (when the turn
         # stands alone) retrieval: computed once.
-        own_vector = (
-            self.retriever.embed_query(own_text)
+        own_encoding = (
+            self.retriever.encode_query(own_text)
             if condense is None and self.turns is not None and previous_user_message(history)
             and re.search(r"\w", own_text)
             else None
         )
         if history and previous_user_message(history):
+            own_vector = own_encoding.vector if own_encoding is not None else None
             text = normalize_question(condense(raw, history) if condense else self.condense(raw, history, own_vector))
         else:
             text = own_text
@@ -136,10 +138,13 @@ class AnswerService:
         if not re.search(r"\w", text):
             return grounding
         lowered = text.lower()
-        vector = own_vector if own_vector is not None and text == own_text else self.retriever.embed_query(text)
+        encoding = (
+            own_encoding if own_encoding is not None and text == own_text else self.retriever.encode_query(text)
+        )
+        vector = encoding.vector
         decision = self.engine.decide(
-            lowered, vector, follow_up=follow_up if condense is None else None,
-            follow_up_vector=own_vector if follow_up and condense is None else None,
+            lowered, encoding, follow_up=follow_up if condense is None else None,
+            follow_up_vector=own_encoding if follow_up and condense is None else None,
         )
         reading = decision.reading
         _restore_case(decision, text, lowered)

@@ -352,6 +352,31 @@ def resolve_model_path(settings: Settings, progress: bool = True) -> str:
     return settings.embedding_model
 
 
+@dataclass(frozen=True)
+class QueryEncoding:
+    """A query's embedding plus its token vectors and their character ranges in ``text`` (prompt and special
+    tokens left out), so the vector of any part of the question is pooled from the same forward pass."""
+
+    text: str
+    vector: np.ndarray
+    tokens: np.ndarray  # (n, dim) contextual token embeddings of hidden layer ``layer``
+    offsets: np.ndarray  # (n, 2) [start, end) character ranges in ``text``
+    layer: int = -1  # -1: the last layer
+
+    def pool(self, ranges: list[tuple[int, int]]) -> np.ndarray:
+        """One l2-normalised mean of the tokens overlapping each range; the whole query's vector for a range
+        without tokens (cut off beyond the model's maximum length)."""
+        out = np.empty((len(ranges), self.vector.shape[0]), dtype=np.float32)
+        for k, (a, b) in enumerate(ranges):
+            inside = (self.offsets[:, 0] < b) & (self.offsets[:, 1] > a)
+            if not inside.any():
+                out[k] = self.vector
+                continue
+            mean = self.tokens[inside].mean(axis=0)
+            out[k] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+        return out
+
+
 class Embedder(Embeddings):
     """Sentence-transformers model behind LangChain's ``Embeddings`` API (query/document prompts applied)."""
 
@@ -395,6 +420,47 @@ class Embedder(Embeddings):
             normalize_embeddings=True,
             convert_to_numpy=True,
         ).astype(np.float32)
+
+    def encode_query_tokens(self, texts: list[str], layer: int = -1) -> list[QueryEncoding]:
+        """Query embeddings (equal to ``encode_queries``: mean of the last layer, normalised) with each query's
+        token vectors from hidden layer ``layer`` and their character offsets, from the same forward pass."""
+        import torch
+
+        prompt = self.model.prompts.get(self._query_prompt, "") if self._query_prompt else ""
+        tokenizer = self.model.tokenizer
+        encoder = self.model[0].auto_model
+        encodings: list[QueryEncoding] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = texts[start : start + self.batch_size]
+            marks = tokenizer(
+                [prompt + t for t in batch],
+                padding=True,
+                truncation=True,
+                max_length=self.model.max_seq_length,
+                return_offsets_mapping=True,
+                return_tensors="pt",
+            )
+            offsets_all = marks.pop("offset_mapping").numpy()
+            with torch.inference_mode():
+                out = encoder(**marks, output_hidden_states=layer != -1)
+            mask = marks["attention_mask"].unsqueeze(-1).float()
+            pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            vectors = torch.nn.functional.normalize(pooled, dim=-1).numpy().astype(np.float32)
+            tokens_all = (out.hidden_states[layer] if layer != -1 else out.last_hidden_state).float().numpy()
+            for i, text in enumerate(batch):
+                n = int(marks["attention_mask"][i].sum())
+                offsets = offsets_all[i, :n].astype(np.int64) - len(prompt)
+                keep = (offsets[:, 1] > 0) & (offsets[:, 1] > offsets[:, 0])  # the text's tokens only
+                encodings.append(
+                    QueryEncoding(
+                        text,
+                        vectors[i],
+                        np.ascontiguousarray(tokens_all[i, :n][keep], dtype=np.float32),
+                        np.clip(offsets[keep], 0, None).astype(np.int32),
+                        layer,
+                    )
+                )
+        return encodings
 
     # LangChain interface
     def embed_documents(self, texts: list[str]) -> list[list[float]]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import chromadb
+import numpy as np
 from chromadb.config import Settings as ChromaSettings
 
 from ingest.config import Settings
@@ -202,6 +203,23 @@ class ChunkStore:
                                   include=["documents", "metadatas"])
             for cid, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
                 yield StoredChunk(cid, text, meta)
+
+    def section_chunks(
+        self, doc_id: str, section: str, live: dict[str, str]
+    ) -> tuple[list[StoredChunk], np.ndarray]:
+        """The live chunks of one document section, with their stored vectors (rows in chunk order)."""
+        got = self.chunks.get(
+            where={"$and": [{"doc_id": doc_id}, {"section": section}]},
+            include=["documents", "metadatas", "embeddings"],
+        )
+        chunks, rows = [], []
+        for cid, text, meta, vector in zip(
+            got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True
+        ):
+            if live.get(meta.get("source_path")) == meta.get("generation"):
+                chunks.append(StoredChunk(cid, text, meta))
+                rows.append(np.asarray(vector, dtype=np.float32))
+        return chunks, (np.vstack(rows) if rows else np.zeros((0, 0), dtype=np.float32))
 
     def count(self) -> int:
         return self.chunks.count()

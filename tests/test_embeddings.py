@@ -198,3 +198,25 @@ def test_document_memo_embeds_each_text_once(embedder, tmp_path) -> None:
     assert np.array_equal(again(texts), first) and calls == []
     mixed = again(["Toxicity detection.", texts[1]])
     assert calls == [["Toxicity detection."]] and np.array_equal(mixed[1], first[1])
+
+
+def test_query_tokens_come_from_the_same_pass_as_the_query_vector(embedder: Embedder) -> None:
+    """encode_query_tokens gives the encode_queries vector (a batch with padding too), token vectors of the asked
+    hidden layer whose offsets point at the text's own characters, and span vectors pooled from them."""
+    texts = ["We have 50 labelled tickets. The customers now write in another style!", "ラベルは千件。どうする？", "ok"]
+    encodings = embedder.encode_query_tokens(texts, layer=8)
+    assert np.allclose(np.vstack([e.vector for e in encodings]), embedder.encode_queries(texts), atol=1e-5)
+    first = encodings[0]
+    assert first.layer == 8 and first.tokens.shape == (len(first.offsets), embedder.dimension)
+    pieces = [first.text[a:b] for a, b in first.offsets]
+    assert all(p.strip() for p in pieces) and "".join(pieces).replace(" ", "") == first.text.replace(" ", "")
+    cut = first.text.index("The")
+    halves = first.pool([(0, cut), (cut, len(first.text))])
+    assert np.allclose(np.linalg.norm(halves, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(halves[0], halves[1])
+    inside = (first.offsets[:, 0] < cut) & (first.offsets[:, 1] > 0)
+    mean = first.tokens[inside].mean(axis=0)
+    assert np.allclose(halves[0], mean / np.linalg.norm(mean), atol=1e-5)
+    assert np.allclose(first.pool([(10_000, 10_001)])[0], first.vector)  # no tokens there: the query's vector
+    last = embedder.encode_query_tokens(texts, layer=-1)[0]
+    assert not np.allclose(last.tokens, first.tokens)  # another layer, other token vectors

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bot.knowledge import load_flow
@@ -75,7 +76,7 @@ def reader(bot_service) -> LearnedReader:
 
 def read(service, question: str):
     text = normalize_question(question)
-    return service.engine.reader.read(text.lower(), service.retriever.embed_query(text))
+    return service.engine.reader.read(text.lower(), service.retriever.encode_query(text))
 
 
 def test_unseen_paraphrases_of_each_condition_are_read(bot_service, reader) -> None:
@@ -93,6 +94,44 @@ def test_unseen_paraphrases_of_each_condition_are_read(bot_service, reader) -> N
                 misses.append((cid, question))
         assert right >= 2, (cid, misses)  # at least two of the three wordings of every condition
     assert len(misses) <= total * 0.15, misses
+
+
+def test_a_question_is_read_from_its_one_forward_pass(bot_service, reader) -> None:
+    """With the query's encoding (what the service passes), the sentences' vectors are pooled from it: the reader
+    never encodes again. A plain vector makes it encode the question once more for its sentences."""
+    question = normalize_question(
+        "We route support tickets. There are only about forty labelled ones. Customers also write very differently "
+        "since the merger. What would you pick?"
+    )
+    encoding = bot_service.retriever.encode_query(question)
+    assert encoding.layer == reader.config.part_layer
+    calls: list[list[str]] = []
+    encode_tokens = reader.encode_tokens
+    try:
+        reader.encode_tokens = lambda texts, layer: calls.append(texts) or encode_tokens(texts, layer)
+        from_encoding = reader.read(question.lower(), encoding)
+        assert calls == []
+        reader.read(question.lower(), encoding.vector)
+        assert len(calls) == 1
+    finally:
+        reader.encode_tokens = encode_tokens
+    assert from_encoding.states["few_labels"].holds is True
+
+
+def test_one_question_row_equals_the_batch_transform(bot_service, reader) -> None:
+    """The reading-time feature row (built in one step) has the same values as the training transform."""
+    from bot.reader import SentenceScorer
+
+    questions = ["感情分析をしたい。ラベルは3万件。", "Chatbot for museums?", "ok, and 20 labels, adversarial"]
+    for question in questions:
+        text = normalize_question(question)
+        encoding = bot_service.retriever.encode_query(text)
+        _, scores = reader.sentence_scores(text.lower(), encoding)
+        pooled = SentenceScorer.pool(scores)
+        row = reader.featurizer.row(text.lower(), encoding.vector, pooled).toarray()
+        batch = reader.featurizer.transform([text.lower()], encoding.vector[None, :], pooled=pooled[None, :]).toarray()
+        assert row.shape == batch.shape
+        assert np.allclose(row, batch, atol=1e-6)
 
 
 def test_segments_are_sentences_and_long_clauses_at_most_a_cap() -> None:

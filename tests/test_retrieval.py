@@ -105,6 +105,25 @@ def test_best_in_sections_prefers_language_and_stays_in_sections(retriever: Hybr
     assert retriever.best_in_sections(vector, ["9.9"], SURVEY, "ja") == []
 
 
+def test_section_lookups_in_memory_equal_a_filtered_chroma_query(retriever: HybridRetriever) -> None:
+    """The in-memory section search that evidence uses returns what a filtered Chroma query over the same
+    sections and language returns (same chunks, same order)."""
+    questions = [JA_SENTIMENT, EN_SENTIMENT, "How do LLMs handle arithmetic reasoning?", "要約タスクではどちらが良い？"]
+    sections = [s for s in retriever.sections if s.count(".") <= 1][:12]
+    assert len(sections) >= 8
+    compared = 0
+    for question in questions:
+        vector = retriever.embed_query(question)
+        for section in sections:
+            for lang in ("en", "ja"):
+                where = {"$and": [{"doc_id": SURVEY}, {"section": {"$in": [section]}}, {"lang": lang}]}
+                expected = [c.id for c, _ in retriever.dense(vector, 3, where=where)]
+                got = [c.id for c, _ in retriever.best_in_sections(vector, [section], SURVEY, lang, k=3, exact=True)]
+                assert got[: len(expected)] == expected, (question, section, lang)
+                compared += bool(expected)
+    assert compared >= 40
+
+
 def test_empty_store_searches_to_nothing(tmp_path, embedder, model_cache_dir) -> None:
     """A retriever over an empty store returns no hits instead of failing."""
     settings = Settings(_env_file=None, store_path=tmp_path / "empty", collection="emptytest",
