@@ -97,11 +97,16 @@ def stem_text(text: str) -> str:
 
 
 @cache
+def _phrase_stems(phrase: str) -> str | None:
+    """A multi-word phrase's stems (matched inflection-insensitively), None for a single word."""
+    return stem_text(phrase) if re.search(r"[\s-]", phrase.strip()) is not None else None
+
+
+@cache
 def _phrase_pattern(phrase: str) -> tuple[re.Pattern[str], str | None]:
     """Compiled once per phrase (the catalog has ~1,000; recompiling them per question dominated latency)."""
     pattern = re.compile(rf"(?<![a-z0-9]){re.escape(phrase)}(?:e?s)?(?![a-z0-9])")
-    multi_word = re.search(r"[\s-]", phrase.strip()) is not None
-    return pattern, stem_text(phrase) if multi_word else None
+    return pattern, _phrase_stems(phrase)
 
 
 def _contains(text: str, phrase: str, stemmed: str | None = None) -> bool:
@@ -122,7 +127,7 @@ def _contains(text: str, phrase: str, stemmed: str | None = None) -> bool:
 def _group_patterns(phrases: tuple[str, ...]) -> tuple[re.Pattern[str] | None, ...]:
     """One regex per kind of phrase in a group: ASCII words (plural-tolerant), multi-word stems, other scripts."""
     ascii_ = sorted({p for p in phrases if p and p.isascii()}, key=len, reverse=True)
-    stems = sorted({st for p in ascii_ if (st := _phrase_pattern(p)[1])}, key=len, reverse=True)
+    stems = sorted({st for p in ascii_ if (st := _phrase_stems(p))}, key=len, reverse=True)
     other = sorted({p for p in phrases if p and not p.isascii()}, key=len, reverse=True)
     alt = "|".join
     return (

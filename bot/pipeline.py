@@ -8,10 +8,9 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.output_parsers import StrOutputParser
 
 from bot.answer import Answer, to_messages
-from bot.prompts import CONDENSE_PROMPT, LANGUAGE_NAMES
+from bot.prompts import LANGUAGE_NAMES
 from bot.service import AnswerService
 from bot.text import detect_language
 from bot.writers import AnswerEvent, LLMWriter, TemplateWriter, Writer
@@ -48,6 +47,10 @@ class Pipeline:
 
     def condense(self, question: str, history: list[BaseMessage]) -> str:
         """The LLM's standalone rewrite of a follow-up; the turn reader's reading when the model fails."""
+        from langchain_core.output_parsers import StrOutputParser
+
+        from bot.prompts import CONDENSE_PROMPT
+
         recent = [
             AIMessage(str(m.content)[:CONDENSE_ANSWER_CHARS]) if m.type == "ai" else m
             for m in history[-CONDENSE_TURNS:]

@@ -809,7 +809,7 @@ class LearnedReader:
                     "models": self.models,
                 },
                 tmp,
-                compress=3,
+                compress=0,  # uncompressed loads ~0.35 s faster at start-up (30 MB beside the store, not in git)
             )
             os.replace(tmp, path)
         finally:

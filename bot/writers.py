@@ -10,14 +10,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from langchain_core.output_parsers import StrOutputParser
-from langchain_core.runnables import Runnable, RunnableLambda
-
 from bot.answer import Answer
 from bot.compose import Citations, T, compose_content, compose_decision, mark_support, with_sources
 from bot.grounding import Grounding
 from bot.knowledge import ContentAsks, DecisionFlow, Source
-from bot.prompts import ANSWER_PROMPT, FENCES, LANGUAGE_NAMES
+from bot.prompts import FENCES, LANGUAGE_NAMES
 
 if TYPE_CHECKING:  # the chat model class only for annotations: `ask` without an LLM never imports it
     from langchain_core.language_models.chat_models import BaseChatModel
@@ -162,11 +159,16 @@ class LLMWriter:
     name = "llm"
 
     def __init__(self, model: BaseChatModel, template: TemplateWriter) -> None:
+        from langchain_core.output_parsers import StrOutputParser
+        from langchain_core.runnables import RunnableLambda
+
+        from bot.prompts import ANSWER_PROMPT
+
         self.model = model
         self.template = template
         generate = ANSWER_PROMPT | model | StrOutputParser()
         fallback = RunnableLambda(lambda inputs: WriterFallback(f"error: {type(inputs['error']).__name__}"))
-        self.chain: Runnable = generate.with_fallbacks([fallback], exception_key="error")
+        self.chain = generate.with_fallbacks([fallback], exception_key="error")
 
     def stream(self, g: Grounding) -> Iterator[AnswerEvent]:
         if g.abstained or not g.sources:
