@@ -47,7 +47,7 @@ _SENTENCE = re.compile(r"(?<=[。！？!?\n])|(?<=[.;])\s+|(?<=[、,])(?=.{25,})
 
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b``; for a few rows without BLAS, whose threads made a one-question product take 20-40 ms instead of
-    1 ms on this busy 2-core machine."""
+    1 ms on this busy 2-core machine (and, spinning after the call, slowed the next query embedding 3-4x)."""
     return np.einsum("ij,jk->ik", a, b) if a.shape[0] <= 16 else a @ b
 
 
@@ -377,8 +377,8 @@ class Neighbours:
         return out
 
     def _similarities(self, vectors: np.ndarray) -> np.ndarray:
-        """Cosine similarity to every row, as one BLAS product over the distinct vectors."""
-        return np.dot(np.asarray(vectors, dtype=np.float32), self.vectors.T)[:, self.inverse]
+        """Cosine similarity to every row, computed once per distinct vector."""
+        return _matmul(np.asarray(vectors, dtype=np.float32), self.vectors.T)[:, self.inverse]
 
     def raw(self, vectors: np.ndarray, groups: Sequence[str] | None = None) -> np.ndarray:
         sims = self._similarities(vectors)
