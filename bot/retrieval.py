@@ -125,7 +125,7 @@ class HybridRetriever:
         rrf_k: int = 60,
         per_list: int = 20,
         check_interval: float = 5.0,
-        dense_filter_max_chunks: int = 20_000,
+        dense_filter_max_chunks: int = 5_000,
     ) -> None:
         """``rrf_k``, ``per_list``, ``dense_filter_max_chunks``: Settings.rrf_k, Settings.retrieval_per_list and
         Settings.dense_filter_max_chunks; ``check_interval``: seconds between checks for a re-ingested store."""
