@@ -211,24 +211,54 @@ class HybridRetriever:
             return []
         vector = self.embed_query(question) if vector is None else vector
         per_list = per_list or self.per_list
-        hits: dict[str, Hit] = {}
+        fused: dict[str, list] = {}  # chunk id -> [score, dense, bm25, ranks]
 
-        def add(chunk: StoredChunk, rank: int, source: str, dense: float = 0.0, bm25: float = 0.0) -> None:
-            hit = hits.setdefault(chunk.id, Hit(chunk=chunk, score=0.0))
-            hit.score += 1.0 / (self.rrf_k + rank)
-            hit.dense = max(hit.dense, dense)
-            hit.bm25 = max(hit.bm25, bm25)
-            hit.ranks[source] = rank
+        def add(chunk_id: str, rank: int, source: str, dense: float = 0.0, bm25: float = 0.0) -> None:
+            entry = fused.setdefault(chunk_id, [0.0, 0.0, 0.0, {}])
+            entry[0] += 1.0 / (self.rrf_k + rank)
+            entry[1], entry[2] = max(entry[1], dense), max(entry[2], bm25)
+            entry[3][source] = rank
 
-        for lang, found in self.dense_by_language(vector, per_list, len(view.index)).items():
-            for rank, (chunk, sim) in enumerate(found, start=1):
-                add(chunk, rank, f"dense_{lang}", dense=sim)
-        top = view.index.top(tokenize(question) + list(extra_terms or []), per_list)
-        scores = {view.index.chunk_id(row): score for row, score in top}
-        # Texts for the hits only; a chunk deleted since the index was opened (a re-ingest) is skipped.
-        for rank, chunk in enumerate(self.store.get_chunks(list(scores)), start=1):
-            add(chunk, rank, "bm25", bm25=scores[chunk.id])
-        return sorted(hits.values(), key=lambda h: -h.score)[:k]
+        for lang, found in self.dense_ids_by_language(view, vector, per_list).items():
+            for rank, (chunk_id, sim) in enumerate(found, start=1):
+                add(chunk_id, rank, f"dense_{lang}", dense=sim)
+        for rank, (row, score) in enumerate(view.index.top(tokenize(question) + list(extra_terms or []), per_list), 1):
+            add(view.index.chunk_id(row), rank, "bm25", bm25=score)
+        ranked = sorted(fused, key=lambda cid: -fused[cid][0])  # stable: ties keep the order the lists gave
+        # Texts for the kept hits only; a chunk deleted since the index was opened (a re-ingest) is skipped.
+        hits: list[Hit] = []
+        while len(hits) < k and ranked:
+            wanted, ranked = ranked[: k - len(hits)], ranked[k - len(hits):]
+            hits += [Hit(chunk, *fused[chunk.id]) for chunk in self.store.get_chunks(wanted)]
+        return hits
+
+    def dense_ids_by_language(
+        self, view: _View, vector: np.ndarray, per_list: int
+    ) -> dict[str, list[tuple[str, float]]]:
+        """The best ``per_list`` live chunk ids of each corpus language with their cosine similarity. One
+        unfiltered query for ``2 x per_list`` per language, split by language; on a store of at most
+        ``dense_filter_max_chunks`` live chunks, a language left short gets its own filtered query, so each list is
+        exactly what a filtered query gives (a language with ``per_list`` hits in the merged list has its best ones
+        there). On a larger store a short language just has a shorter list (BM25 still ranks it). Chroma returns
+        ids and distances only; liveness and language come from the keyword index of the same view."""
+        languages = view.index.languages or ["en"]
+        out: dict[str, list[tuple[str, float]]] = {lang: [] for lang in languages}
+
+        def keep(found: list[tuple[str, float]]) -> None:
+            for (chunk_id, sim), row in zip(found, view.index.rows_of([c for c, _ in found]), strict=True):
+                kept = out.get(view.index.lang(row)) if row is not None else None
+                if kept is not None and len(kept) < per_list and (chunk_id, sim) not in kept:
+                    kept.append((chunk_id, sim))
+
+        n = per_list * 2 * len(languages)
+        found = self.store.query_ids(vector, n)
+        keep(found)
+        if len(found) == n and len(view.index) <= self.dense_filter_max_chunks:
+            for lang in languages:
+                if len(out[lang]) < per_list:
+                    out[lang] = []
+                    keep(self.store.query_ids(vector, per_list * 2, where={"lang": lang}))
+        return out
 
     def dense(self, vector: np.ndarray, k: int, where: dict | None = None) -> list[tuple[StoredChunk, float]]:
         return self.store.query(vector, k, live=self._current().live, where=where)

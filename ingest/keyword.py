@@ -73,6 +73,7 @@ class KeywordIndex:
             arrays["ids"]) else []
         self.sections: list[str] = sorted(
             set(meta["sections"][i] for i in np.unique(arrays["row_section"]))) if len(arrays["ids"]) else []
+        self._id_order: np.ndarray | None = None  # ids' sorted order, for rows_of
 
     # ------------------------------------------------------------------------------------------- build
     @classmethod
@@ -202,6 +203,24 @@ class KeywordIndex:
 
     def chunk_id(self, row: int) -> str:
         return str(self.a["ids"][row])
+
+    def rows_of(self, chunk_ids: list[str]) -> list[int | None]:
+        """The row of each chunk id, None for an id the index does not hold (not live in its store state). A
+        binary search over the ids in sorted order (an int32 permutation computed on first use), not a dict of
+        every id."""
+        ids = self.a["ids"]
+        if not len(ids) or not chunk_ids:
+            return [None] * len(chunk_ids)
+        order = self._id_order
+        if order is None:
+            order = self._id_order = np.argsort(ids, kind="stable").astype(np.int32)
+        wanted = np.asarray(chunk_ids, dtype=ids.dtype)
+        at = np.minimum(np.searchsorted(ids, wanted, sorter=order), len(ids) - 1)
+        rows = order[at]
+        return [int(r) if ids[r] == c else None for r, c in zip(rows, chunk_ids, strict=True)]
+
+    def lang(self, row: int) -> str:
+        return self.meta["langs"][int(self.a["row_lang"][row])]
 
     def scores(self, query_terms: list[str]) -> np.ndarray:
         """BM25 score of every row (repeated query terms count once)."""

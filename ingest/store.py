@@ -231,6 +231,15 @@ class ChunkStore:
         self.chunks = self._collection(self.settings.collection)
         self.files = self._collection(f"{self.settings.collection}_files")
 
+    def query_ids(self, vector, n: int, where: dict | None = None) -> list[tuple[str, float]]:
+        """Dense search returning (chunk id, cosine similarity) only: without documents and metadata Chroma answers
+        in about a third of the time; the caller checks liveness against its keyword index and fetches the texts
+        of the hits it keeps."""
+        got = self.chunks.query(
+            query_embeddings=[list(map(float, vector))], n_results=max(1, n), where=where, include=["distances"]
+        )
+        return [(cid, 1.0 - float(dist)) for cid, dist in zip(got["ids"][0], got["distances"][0], strict=True)]
+
     def query(
         self, vector, k: int, live: dict[str, str] | None = None, where: dict | None = None
     ) -> list[tuple[StoredChunk, float]]:

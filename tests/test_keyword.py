@@ -91,6 +91,18 @@ def test_save_load_is_memory_mapped_and_equal(tmp_path: Path) -> None:
     assert keyword.find(tmp_path, "digest3") is not None and keyword.find(tmp_path, "digest1") is None
 
 
+def test_rows_of_finds_held_ids_and_none_for_others(tmp_path: Path) -> None:
+    """``rows_of`` maps chunk ids to rows (any order, memory-mapped or not) and gives None for ids the index does
+    not hold, including a prefix of a held id and one longer than every held id; ``lang`` reads the row's language."""
+    index = KeywordIndex.build(
+        [Row("c", "/a", "g", "en", "1", ["x"]), Row("a", "/a", "g", "ja", "1", ["y"]),
+         Row("bb", "/b", "g", "en", "2", ["z"])], "d")
+    for opened in (index, KeywordIndex.load(index.save(tmp_path))):
+        assert opened.rows_of(["bb", "zz", "a", "b", "bbb", "c"]) == [2, None, 1, None, None, 0]
+        assert [opened.lang(r) for r in (0, 1, 2)] == ["en", "ja", "en"]
+    assert KeywordIndex.build([], "e").rows_of(["a"]) == [None]
+
+
 def test_update_keeps_live_rows_drops_stale_and_fetches_only_missing() -> None:
     """updated() equals a fresh build of the same live rows; only generations it lacks are fetched."""
     a1, b1 = rows([["x", "y"], ["y"]], "/a", "1"), rows([["z"], ["x", "z"]], "/b", "1")
@@ -156,8 +168,8 @@ class Spy:
 
 def test_startup_reads_no_chunk_texts(real_docs: Path, make_settings: Callable[..., Settings], ingest: Ingest,
                                       embedder) -> None:
-    """Opening a retriever touches only the manifest, never the chunk collection; a search then reads the texts of
-    its hits only (dense hits come with the query, BM25 hits by id)."""
+    """Opening a retriever touches only the manifest, never the chunk collection; a search's dense queries return
+    ids and distances only, and it then reads the texts of the hits it returns, by id."""
     settings = make_settings()
     ingest(settings, [real_docs])
     store = ChunkStore(settings)
@@ -169,9 +181,11 @@ def test_startup_reads_no_chunk_texts(real_docs: Path, make_settings: Callable[.
     hits = retriever.search("fine-tuning teaches form, not facts", k=5, per_list=4)
     assert hits
     gets = [kw for name, kw in spy.calls if name == "get"]
-    assert all(kw.get("ids") and len(kw["ids"]) <= 4 for kw in gets), gets
-    assert all(kw.get("where") is None or "lang" in json.dumps(kw["where"]) for name, kw in spy.calls
-               if name == "query")
+    assert gets and all(kw.get("ids") and len(kw["ids"]) <= 5 for kw in gets), gets
+    assert {hit.chunk.id for hit in hits} <= {i for kw in gets for i in kw["ids"]}
+    queries = [kw for name, kw in spy.calls if name == "query"]
+    assert queries and all(kw["include"] == ["distances"] for kw in queries), queries
+    assert all(kw.get("where") is None or "lang" in json.dumps(kw["where"]) for kw in queries)
 
 
 def test_reingest_is_seen_by_a_running_retriever(real_docs: Path, make_settings: Callable[..., Settings],

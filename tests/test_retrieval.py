@@ -142,18 +142,46 @@ def test_retrieval_knobs_come_from_settings(bot_service, bot_settings) -> None:
     assert len(narrow) < len(wide) and len(narrow) <= 2 * (len(retriever.languages) + 1)
 
 
+def test_dense_lists_equal_filtered_queries_per_language(retriever: HybridRetriever, monkeypatch) -> None:
+    """On a store within ``dense_filter_max_chunks`` each language's dense list is exactly what a filtered Chroma
+    query for that language gives (same ids, same order): from the merged unfiltered query when it holds enough of
+    the language, else from the language's own filtered query (both paths taken here)."""
+    view = retriever._current()
+    calls: list[dict | None] = []
+    query_ids = retriever.store.query_ids
+    monkeypatch.setattr(retriever.store, "query_ids",
+                        lambda vector, n, where=None: calls.append(where) or query_ids(vector, n, where=where))
+    fallbacks = []
+    for question in (JA_SENTIMENT, EN_SENTIMENT, "要約タスクではどちらが良い？", "What is the 20B definition?"):
+        vector = retriever.embed_query(question)
+        for per_list in (3, 12, 40):
+            calls.clear()
+            got = retriever.dense_ids_by_language(view, vector, per_list)
+            for lang in ("en", "ja"):
+                expected = [c.id for c, _ in retriever.dense(vector, per_list, where={"lang": lang})]
+                assert [i for i, _ in got[lang]] == expected, (question, per_list, lang)
+            fallbacks.append(any(where is not None for where in calls))
+    assert any(fallbacks) and not all(fallbacks), fallbacks
+
+
 def test_large_store_splits_one_unfiltered_query_by_language(retriever: HybridRetriever, bot_settings) -> None:
     """Above ``dense_filter_max_chunks`` the per-language lists come from one deeper unfiltered query: each list
     holds only its language, at most per_list chunks, best first; the question's own language gets the same top
     chunk as the filtered query (another language may come up short: that is the price, see Settings)."""
     assert retriever.dense_filter_max_chunks == bot_settings.dense_filter_max_chunks
+    view = retriever._current()
     for question, own in ((JA_SENTIMENT, "ja"), (EN_SENTIMENT, "en")):
         vector = retriever.embed_query(question)
-        exact = retriever.dense_by_language(vector, 5, len(retriever.chunks))
-        split = retriever.dense_by_language(vector, 5, retriever.dense_filter_max_chunks + 1)
+        exact = retriever.dense_ids_by_language(view, vector, 5)
+        retriever.dense_filter_max_chunks = 0
+        try:
+            split = retriever.dense_ids_by_language(view, vector, 5)
+        finally:
+            retriever.dense_filter_max_chunks = bot_settings.dense_filter_max_chunks
         assert set(split) == set(exact) == {"en", "ja"}
+        langs = {c.id: meta(c, "lang") for c in retriever.store.get_chunks([i for f in split.values() for i, _ in f])}
         for lang, found in split.items():
-            assert len(found) <= 5 and all(meta(c, "lang") == lang for c, _ in found)
+            assert len(found) <= 5 and all(langs[i] == lang for i, _ in found)
             sims = [s for _, s in found]
             assert sims == sorted(sims, reverse=True)
-        assert split[own] and split[own][0][0].id == exact[own][0][0].id
+        assert split[own] and split[own][0][0] == exact[own][0][0]
