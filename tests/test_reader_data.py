@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.engine import ConditionState, DecisionEngine
+from bot.engine import ConditionState, DecisionEngine, Reading
 from bot.knowledge import KnowledgeError, load_flow
 from bot.reader import Example, load_examples
 
@@ -44,6 +44,31 @@ def test_every_decision_question_walks_to_its_verdict() -> None:
         (e.id, e.verdict, walk(e))
         for e in EXAMPLES
         if e.intent == "decision" and e.verdict not in (None, "depends") and walk(e) != e.verdict
+    ]
+    assert not wrong, wrong[:20]
+
+
+def gold_reading(example: Example) -> Reading:
+    """The reading a perfect reader would give: the labelled conditions, first (most specific) task and
+    considerations."""
+    tasks = {t.id: t for t in FLOW.tasks}
+    considerations = {c.id: c for c in FLOW.considerations}
+    states = {cond.id: ConditionState(cond, None if example.conditions.get(cond.id) is None
+                                      else example.conditions[cond.id] == "yes", "learned") for cond in FLOW.conditions}
+    task = tasks[example.tasks[0]] if example.tasks else None
+    return Reading("decision", 1.0, states, example.label_count, task, 1.0, task is not None,
+                   [considerations[c] for c in example.considerations], reader="learned")
+
+
+def test_every_verdict_follows_from_its_labels_by_the_engine_rules() -> None:
+    """Depends included: a labelled `depends` comes out of the engine's rules (the task's ``finding_covers``, a
+    consideration favouring the other outcome, nothing stated), and a labelled outcome does not turn into
+    `depends`. Knowledge-base changes that would contradict labels show up here."""
+    wrong = [
+        (e.id, e.verdict, decision.verdict, decision.conflicts)
+        for e in EXAMPLES
+        if e.intent == "decision" and e.verdict is not None
+        and (decision := ENGINE.decide_reading(gold_reading(e))).verdict != e.verdict
     ]
     assert not wrong, wrong[:20]
 
