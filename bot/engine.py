@@ -214,7 +214,7 @@ class RuleReader:
         stemmed = stem_text(text)
         terms = _terms(text)
         for task in self.flow.tasks:
-            alias = _longest(text, task.all_names, stemmed)
+            alias = _longest(text, task.all_names, stemmed) if any_phrase(text, task.all_names, stemmed) else None
             if alias:
                 lexical.append((task, 1.0 + len(alias) / 100))
                 continue

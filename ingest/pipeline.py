@@ -7,6 +7,7 @@ import hashlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from ingest.terms import tokenize
 
 # Bump when chunking output changes for the same settings: forces a rebuild (4: "[16]" references rewritten on load).
 CHUNKER_VERSION = 4
+# Files are embedded in groups of at least this many batches' worth of chunks: full, length-sorted batches.
+EMBED_GROUP_BATCHES = 8
 
 
 @dataclass
@@ -98,6 +101,20 @@ def fingerprint(settings: Settings, embedder: Embedder) -> dict:
         "embedding_model": settings.embedding_model,
         "dimension": embedder.dimension,
     }
+
+
+def _groups(pending: list[_Pending], budget: int) -> Iterator[list[_Pending]]:
+    """Consecutive files whose chunks add up to at least ``budget`` (the last group may be smaller)."""
+    group: list[_Pending] = []
+    size = 0
+    for item in pending:
+        group.append(item)
+        size += len(item.chunks)
+        if size >= budget:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
 
 
 def chunk_id(key: str, file_hash: str, index: int, text: str) -> str:
@@ -201,26 +218,33 @@ def run_ingest(
 
     rows: list[Row] = []  # keyword-index rows of the new generations, tokenised while their texts are at hand
     total = sum(len(p.chunks) for p in pending)
+    budget = settings.embed_batch_size * EMBED_GROUP_BATCHES
     with tqdm(total=total, desc="embedding", unit="chunk", disable=quiet or total == 0, file=sys.stderr) as bar:
-        for item in pending:
-            texts = [embedding_text(item.doc, c) for c in item.chunks]
-            vectors = []
-            for start in range(0, len(texts), settings.embed_batch_size):
-                batch = texts[start : start + settings.embed_batch_size]
+        for group in _groups(pending, budget):
+            # Chunks of several small files are embedded together, so batches are full and sorted by length
+            # (most cards are one to five chunks); each file is still stored and committed on its own.
+            texts = [embedding_text(item.doc, c) for item in group for c in item.chunks]
+            vectors: list[list[float]] = []
+            for start in range(0, len(texts), budget):
+                batch = texts[start : start + budget]
                 vectors.extend(embedder.encode_documents(batch).tolist())
                 bar.update(len(batch))
-            ids = [chunk_id(item.key, item.file_hash, i, c.text) for i, c in enumerate(item.chunks)]
-            metas = [_metadata(item.key, item.file_hash, i, item.doc, c) for i, c in enumerate(item.chunks)]
-            store.add_chunks(ids, [c.text for c in item.chunks], metas, vectors)
-            rows += [Row(cid, item.key, item.file_hash, item.doc.lang, c.section, tokenize(text))
-                     for cid, c, text in zip(ids, item.chunks, texts, strict=True)]
-            store.commit_file(FileRecord(item.key, item.file_hash, item.doc.doc_id, len(item.chunks)))
-            store.delete_stale(item.key, item.file_hash)
-            report.chunks_embedded += len(item.chunks)
-            if item.is_new:
-                report.added_files += 1
-            else:
-                report.updated_files += 1
+            at = 0
+            for item in group:
+                item_texts, item_vectors = texts[at : at + len(item.chunks)], vectors[at : at + len(item.chunks)]
+                at += len(item.chunks)
+                ids = [chunk_id(item.key, item.file_hash, i, c.text) for i, c in enumerate(item.chunks)]
+                metas = [_metadata(item.key, item.file_hash, i, item.doc, c) for i, c in enumerate(item.chunks)]
+                store.add_chunks(ids, [c.text for c in item.chunks], metas, item_vectors)
+                rows += [Row(cid, item.key, item.file_hash, item.doc.lang, c.section, tokenize(text))
+                         for cid, c, text in zip(ids, item.chunks, item_texts, strict=True)]
+                store.commit_file(FileRecord(item.key, item.file_hash, item.doc.doc_id, len(item.chunks)))
+                store.delete_stale(item.key, item.file_hash)
+                report.chunks_embedded += len(item.chunks)
+                if item.is_new:
+                    report.added_files += 1
+                else:
+                    report.updated_files += 1
 
     for key in manifest:
         if key not in seen and _under_roots(key, roots) and not Path(key).exists():

@@ -351,3 +351,34 @@ def test_server_mode_ingest_is_readable_and_idempotent(chroma_server: tuple[str,
     again = ingest(settings, [real_docs])
     assert (again.added_files, again.updated_files, again.removed_files, again.unchanged_files) == (0, 0, 0, 2)
     assert by_file(ChunkStore(settings)) == ids
+
+
+def test_small_files_are_embedded_together_and_each_is_committed(tmp_path: Path, make_settings: MakeSettings,
+                                                                 ingest: Ingest, embedder,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of many small files go to the model in shared batches of at least ``embed_batch_size x
+    EMBED_GROUP_BATCHES`` (the last may be smaller), and every file still gets its own chunks and manifest record,
+    with the vectors that embedding its own chunks alone gives."""
+    import numpy as np
+
+    from ingest.pipeline import EMBED_GROUP_BATCHES
+
+    docs = tmp_path / "many"
+    docs.mkdir()
+    for i in range(12):
+        (docs / f"note{i:02d}.md").write_text(f"# Note {i}\n\nSmall card number {i} about labelled data and LLMs.\n",
+                                              encoding="utf-8")
+    calls: list[int] = []
+    encode = embedder.encode_documents
+    monkeypatch.setattr(embedder, "encode_documents", lambda texts, **kw: calls.append(len(texts)) or encode(texts))
+    settings = make_settings(embed_batch_size=2)
+    report = ingest(settings, [docs])
+    budget = 2 * EMBED_GROUP_BATCHES
+    assert report.added_files == 12 and sum(calls) == report.chunks_embedded
+    assert len(calls) < 12 and all(n >= budget for n in calls[:-1]), calls
+    store = ChunkStore(settings)
+    assert len(store.manifest()) == 12 and set(by_file(store)) == {key(p) for p in docs.iterdir()}
+    got = store.chunks.get(include=["documents", "metadatas", "embeddings"])
+    one = next(i for i, m in enumerate(got["metadatas"]) if m["source_path"] == key(docs / "note03.md"))
+    alone = encode([f"{got['metadatas'][one]['title']}\n{got['documents'][one]}"])[0]
+    assert float(np.dot(alone, got["embeddings"][one])) > 0.999

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bot.retrieval import HybridRetriever
+from bot.retrieval import ChunkCache, HybridRetriever
 from bot.text import tokenize
 from ingest.config import Settings
 from ingest.store import ChunkStore
@@ -185,3 +185,20 @@ def test_large_store_splits_one_unfiltered_query_by_language(retriever: HybridRe
             sims = [s for _, s in found]
             assert sims == sorted(sims, reverse=True)
         assert split[own] and split[own][0][0] == exact[own][0][0]
+
+
+def test_chunk_cache_reads_each_chunk_once_in_order_and_stays_bounded(retriever: HybridRetriever, monkeypatch) -> None:
+    """The chunk cache returns what the store returns for the same ids (order kept, unknown ids skipped), reads a
+    cached chunk from the store only once, and holds at most its size."""
+    ids = [retriever.index.chunk_id(i) for i in range(6)]
+    cache = ChunkCache(retriever.store, size=4)
+    read: list[list[str]] = []
+    get_chunks = retriever.store.get_chunks
+    monkeypatch.setattr(retriever.store, "get_chunks", lambda wanted: read.append(list(wanted)) or get_chunks(wanted))
+    first = cache.get([ids[2], "no-such-id", ids[0]])
+    assert [c.id for c in first] == [ids[2], ids[0]] and first == get_chunks([ids[2], ids[0]])
+    again = cache.get([ids[0], ids[2], ids[1]])
+    assert [c.id for c in again] == [ids[0], ids[2], ids[1]]
+    assert read == [[ids[2], "no-such-id", ids[0]], [ids[1]]]
+    cache.get(ids[3:6])
+    assert len(cache._chunks) == 4 and ids[0] not in cache._chunks and ids[5] in cache._chunks
