@@ -560,17 +560,13 @@ def _list_answer(units: list[Unit], ask: Ask) -> tuple[list[str], tuple[StoredCh
     return None
 
 
-_NAMED_NUMBER = re.compile(r"(?:remarks?|リマーク|section|sec\.|§|figure|fig\.|図|table|表|step|ステップ)\s*(\d+)"
-                           r"|(\d+(?:\.\d+)*)\s*(?:節|章)")
-
-
 def specific_terms(question: str, asks: ContentAsks) -> set[str]:
     """The question's words that pick out a topic: not its generic words and phrases ("survey", "say", "LLM",
     "fine-tuned"), one-letter or all-hiragana tokens (numbers stay: "Remark 6")."""
     text = question.lower()
     for phrase in asks.generic_phrases:
         text = text.replace(phrase, " ")
-    named = {n for m in _NAMED_NUMBER.findall(text) for n in m if n}  # "Remark 6", 「図2」, 「4.1節」
+    named = {n for m in asks.named_number.findall(text) for n in m if n}  # "Remark 6", 「図2」, 「4.1節」
     return {t for t in set(tokenize(text)) - asks.generic_terms
             if (t in named or (len(t) >= 2 and not t.isdigit())) and not _HIRAGANA.fullmatch(t)}
 
@@ -598,7 +594,7 @@ def compose_content(
     cards = cards or {}
     terms = set(tokenize(question))
     specific = specific_terms(question, asks)
-    further = specific_terms(_NAMED_NUMBER.sub(" ", question.lower()), asks)  # "Remark 5" alone names one card
+    further = specific_terms(asks.named_number.sub(" ", question.lower()), asks)  # "Remark 5" alone names one card
     ask = read_ask(question, asks)
     read = [card_units(cards.get(c.id) or [c], lang, asks.abbreviations) for c in chunks]
     titled = [_overlap(specific, _title(c)) for c in chunks]

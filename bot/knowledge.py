@@ -242,6 +242,7 @@ class ContentAsks:
     abbreviations: frozenset[str] = frozenset()
     counts: dict[str, int] = field(default_factory=dict)
     count_patterns: tuple[re.Pattern[str], ...] = ()
+    named_number: re.Pattern[str] = re.compile(r"(?!)")  # a numbered part of the survey named in a question
 
 
 def load_content_asks(path: Path) -> ContentAsks:
@@ -267,4 +268,5 @@ def load_content_asks(path: Path) -> ContentAsks:
         abbreviations=frozenset(str(a).lower() for a in data.get("abbreviations", [])),
         counts={str(k).lower(): int(v) for k, v in data.get("counts", {}).items()},
         count_patterns=tuple(re.compile(str(counts[lang]), re.IGNORECASE) for lang in ("en", "ja") if lang in counts),
+        **({"named_number": re.compile(str(data["named_number"]), re.IGNORECASE)} if "named_number" in data else {}),
     )

@@ -28,6 +28,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import gradio as gr  # noqa: E402
 
+from bot.compose import Citations  # noqa: E402
 from bot.knowledge import DecisionFlow  # noqa: E402
 from bot.pipeline import Pipeline  # noqa: E402
 from bot.service import AnswerService  # noqa: E402
@@ -710,12 +711,10 @@ def build_app(answerer: Pipeline | AnswerService) -> gr.Blocks:
         """The panels' data before any prose: the grounding's verdict, path and reading, and its numbered
         evidence as the sources (the final answer then lists exactly what it cites)."""
         data = answer_shell(event.grounding).to_json()
-        data["citations"] = [
-            {"n": n, "title": str(c.metadata.get("title", "")), "section": str(c.metadata.get("section", "")),
-             "url": str(c.metadata.get("url", "")), "text": c.text, "chunk_id": c.id,
-             "lang": str(c.metadata.get("lang", ""))}
-            for n, c in enumerate(event.grounding.sources, start=1)
-        ]
+        cites = Citations(pipeline.service.sources)
+        for chunk in event.grounding.sources:
+            cites.cite(chunk)
+        data["citations"] = [c.to_json() for c in cites.items]  # the same shape and titles as the final answer's
         return data
 
     def respond(message: str, history: list[dict], lang: str, writer: str | None = None) -> Iterator[tuple[Any, ...]]:
