@@ -44,6 +44,7 @@ class Condition:
     cues_no: tuple[str, ...]
     numeric: dict | None
     implies: tuple[str, ...] = ()  # conditions that must hold when this one is answered (steps 9-10 → step 8)
+    about: str = "situation"  # "task": what the task is (a follow-up naming another task replaces it); "situation"
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,10 @@ def load_flow(path: Path) -> DecisionFlow:
             cues_no=_lower([*c.get("cues_no_en", []), *c.get("cues_no_ja", [])]),
             numeric=c.get("numeric"),
             implies=tuple(str(x) for x in c.get("implies", [])),
+            about=str(c.get("about", "situation")),
         )
+        if cond.about not in ("task", "situation"):
+            raise KnowledgeError(f"{path}: {where}.about must be 'task' or 'situation', not '{cond.about}'")
         for branch in (cond.yes, cond.no):
             if branch not in targets:
                 raise KnowledgeError(f"{path}: {where}.yes/no '{branch}' is not an outcome id or 'next'")

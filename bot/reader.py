@@ -31,7 +31,7 @@ from bot.engine import (
     numeric_state,
     stem_text,
 )
-from bot.knowledge import DecisionFlow, KnowledgeError, read_jsonl
+from bot.knowledge import DecisionFlow, KnowledgeError, Task, read_jsonl
 from bot.lexicon import Lexicon, load_lexicon
 from bot.text import normalize_question
 from ingest.embeddings import QueryEncoding
@@ -110,6 +110,9 @@ class ReaderConfig:
     # layer 4 88.6, layer 8 89.2, the last layer 87.1-87.7 % (too mixed with the rest of the question); on 3,066
     # layer 6 89.4, layer 8 89.5, layer 10 89.0 %.
     part_layer: int = 8
+    # A follow-up whose own reading names another task, or states a task condition (`about = "task"` in the flow
+    # file), with at least this probability replaces the earlier turn's task and task conditions.
+    follow_up_switch_p: float = 0.7
 
 
 @dataclass
@@ -703,13 +706,19 @@ class LearnedReader:
         probs, intents = self.proba("intent", x)
         best = int(np.argmax(probs))
         states = self._states(text, x, count, parts, sentence_scores)
+        task, task_p = self._task(x)
         if follow_up:
             own_count = label_count(follow_up, self.lexicon)
             own_x, own_parts, own_probs = self.features(follow_up, follow_up_vector, own_count)
             own = self._states(follow_up, own_x, own_count, own_parts, own_probs)
+            own_task, own_task_p = self._task(own_x)
+            if self.switches_task(task, own, own_task, own_task_p):
+                # "not a score: write feedback comments instead": what the task is comes from the follow-up
+                # alone; the earlier facts about the user's data (labels, drifting inputs) still hold.
+                states.update({c.id: own[c.id] for c in self.flow.conditions if c.about == "task"})
+                task, task_p = own_task, own_task_p
             states.update({cid: st for cid, st in own.items() if st.holds is not None})
             count = own_count if own_count is not None else count
-        task, task_p = self._task(x)
         considerations = [self._cons[cid] for cid in self._cons if self._consideration(cid, text, x)]
         return Reading(
             intent=intents[best],
@@ -722,6 +731,17 @@ class LearnedReader:
             considerations=considerations,
             reader=self.name,
         )
+
+    def switches_task(
+        self, task: Task | None, own: dict[str, ConditionState], own_task: Task | None, own_task_p: float
+    ) -> bool:
+        """Whether a follow-up's own reading changes what the task is: it names another catalog task, or states a
+        task condition, confidently (``follow_up_switch_p``)."""
+        least = self.config.follow_up_switch_p
+        if own_task is not None and own_task != task and own_task_p >= least:
+            return True
+        return any(st.holds is not None and st.condition.about == "task" and (st.p or 0.0) >= least
+                   for st in own.values())
 
     def _states(
         self, text: str, x, count: int | None, parts: list[str], sentence_scores: np.ndarray | None

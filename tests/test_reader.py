@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bot.engine import ConditionState
 from bot.knowledge import load_flow
 from bot.reader import MAX_SEGMENTS, LearnedReader, data_hash, ensure_reader, model_path, segment_texts
 from bot.text import normalize_question
@@ -188,6 +189,32 @@ def test_a_follow_up_that_adds_a_fact_flips_the_verdict(bot_service) -> None:
     assert follow.verdict == "llm"
     few = next(r for r in follow.reading if r["id"] == "few_labels")
     assert few["value"] == "yes"
+
+
+def test_a_follow_up_that_changes_the_task_replaces_the_task_conditions(bot_service) -> None:
+    """"Not the price: write the descriptions" keeps nothing of the earlier task (a number to predict, step 4) but
+    would keep the earlier facts about the data; the unit check shows which conditions a switch replaces."""
+    first = ("We want to predict each apartment's rent in yen from its listing text. "
+             "We have 60,000 past listings with their rents. LLM or fine-tune?")
+    answer = bot_service.ask(first)
+    assert answer.verdict == "fine_tuned"
+    far = next(r for r in answer.reading if r["id"] == "far_from_lm")
+    assert far["value"] == "yes"
+    history = [{"role": "user", "content": first}, {"role": "assistant", "content": answer.answer}]
+    follow = bot_service.ask("Actually not the rent: we want it to write attractive listing descriptions instead.",
+                             history=history)
+    assert follow.follow_up and follow.verdict == "llm"
+    reading = {r["id"]: r["value"] for r in follow.reading}
+    assert reading["far_from_lm"] != "yes" and reading["creative_generation"] == "yes"
+    reader = bot_service.engine.reader
+    flow = bot_service.flow
+    own = {c.id: ConditionState(c, None, "", "", 0.9) for c in flow.conditions}
+    assert not reader.switches_task(None, own, None, 0.0)
+    own["few_labels"] = ConditionState(flow.condition("few_labels"), True, "learned", "50", 0.99)
+    assert not reader.switches_task(None, own, None, 0.0)  # a fact about the data is not a new task
+    own["creative_generation"] = ConditionState(flow.condition("creative_generation"), True, "learned", "write", 0.9)
+    assert reader.switches_task(None, own, None, 0.0)
+    assert [c.id for c in flow.conditions if c.about == "situation"] == ["few_labels", "ood_data"]
 
 
 def test_offtopic_near_miss_is_refused(bot_service) -> None:
