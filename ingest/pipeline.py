@@ -222,24 +222,31 @@ def run_ingest(
     with tqdm(total=total, desc="embedding", unit="chunk", disable=quiet or total == 0, file=sys.stderr) as bar:
         for group in _groups(pending, budget):
             # Chunks of several small files are embedded together, so batches are full and sorted by length
-            # (most cards are one to five chunks); each file is still stored and committed on its own.
+            # (most cards are one to five chunks); each file still has its own manifest record (its commit point).
             texts = [embedding_text(item.doc, c) for item in group for c in item.chunks]
             vectors: list[list[float]] = []
             for start in range(0, len(texts), budget):
                 batch = texts[start : start + budget]
                 vectors.extend(embedder.encode_documents(batch).tolist())
                 bar.update(len(batch))
+            # One write for the group's chunks, then one for its manifest records: every chunk of a file is stored
+            # before the record that makes it live, so a crash still leaves each file old or new.
+            ids = [chunk_id(item.key, item.file_hash, i, c.text) for item in group for i, c in enumerate(item.chunks)]
+            metas = [_metadata(item.key, item.file_hash, i, item.doc, c)
+                     for item in group for i, c in enumerate(item.chunks)]
+            chunks = [c for item in group for c in item.chunks]
+            store.add_chunks(ids, [c.text for c in chunks], metas, vectors)
             at = 0
             for item in group:
-                item_texts, item_vectors = texts[at : at + len(item.chunks)], vectors[at : at + len(item.chunks)]
-                at += len(item.chunks)
-                ids = [chunk_id(item.key, item.file_hash, i, c.text) for i, c in enumerate(item.chunks)]
-                metas = [_metadata(item.key, item.file_hash, i, item.doc, c) for i, c in enumerate(item.chunks)]
-                store.add_chunks(ids, [c.text for c in item.chunks], metas, item_vectors)
                 rows += [Row(cid, item.key, item.file_hash, item.doc.lang, c.section, tokenize(text))
-                         for cid, c, text in zip(ids, item.chunks, item_texts, strict=True)]
-                store.commit_file(FileRecord(item.key, item.file_hash, item.doc.doc_id, len(item.chunks)))
-                store.delete_stale(item.key, item.file_hash)
+                         for cid, c, text in zip(ids[at : at + len(item.chunks)], item.chunks,
+                                                 texts[at : at + len(item.chunks)], strict=True)]
+                at += len(item.chunks)
+            store.commit_files([FileRecord(item.key, item.file_hash, item.doc.doc_id, len(item.chunks))
+                                for item in group])
+            for item in group:
+                if not item.is_new:  # a new file has no older generation (leftovers went with delete_orphans)
+                    store.delete_stale(item.key, item.file_hash)
                 report.chunks_embedded += len(item.chunks)
                 if item.is_new:
                     report.added_files += 1

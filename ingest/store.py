@@ -120,14 +120,21 @@ class ChunkStore:
 
     def commit_file(self, record: FileRecord) -> None:
         """The atomic switch: from now on ``record.file_hash`` is the live generation of ``record.path``."""
-        self.files.upsert(
-            ids=[record.path],
-            documents=[record.path],
-            metadatas=[
-                {"file_hash": record.file_hash, "doc_id": record.doc_id, "chunks": record.chunks, "kind": "file"}
-            ],
-            embeddings=[[0.0, 0.0]],
-        )
+        self.commit_files([record])
+
+    def commit_files(self, records: list[FileRecord]) -> None:
+        """``commit_file`` for several files in one write; each record is still its own file's switch (a crash
+        part-way leaves every file on its old or its new generation)."""
+        for start in range(0, len(records), _PAGE):
+            page = records[start : start + _PAGE]
+            self.files.upsert(
+                ids=[r.path for r in page],
+                documents=[r.path for r in page],
+                metadatas=[
+                    {"file_hash": r.file_hash, "doc_id": r.doc_id, "chunks": r.chunks, "kind": "file"} for r in page
+                ],
+                embeddings=[[0.0, 0.0]] * len(page),
+            )
 
     def forget_file(self, path: str) -> None:
         self.files.delete(ids=[path])

@@ -251,7 +251,7 @@ def test_file_that_breaks_later_keeps_its_chunks(real_docs: Path, tmp_path: Path
     assert healed.failed_files == 0 and healed.unchanged_files == 3 and healed.chunks_embedded == 0
 
 
-@pytest.mark.parametrize("crash_in", ["commit_file", "delete_stale"])
+@pytest.mark.parametrize("crash_in", ["commit_files", "delete_stale"])
 def test_crash_during_replace_leaves_one_generation(crash_in: str, real_docs: Path, make_settings: MakeSettings,
                                                     ingest: Ingest, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash before the commit keeps the old chunks live, after it the new ones; never a mix, never none.
@@ -275,9 +275,9 @@ def test_crash_during_replace_leaves_one_generation(crash_in: str, real_docs: Pa
     store = ChunkStore(settings)
     live = [c for c in store.iter_chunks() if c.metadata["source_path"] == key(edited)]
     generations = {c.metadata["generation"] for c in live}
-    expected = old_hash if crash_in == "commit_file" else new_hash
+    expected = old_hash if crash_in == "commit_files" else new_hash
     assert generations == {expected}, "exactly one generation is live"
-    if crash_in == "commit_file":
+    if crash_in == "commit_files":
         assert {c.id for c in live} == before[key(edited)]
     else:
         assert {c.id for c in live}.isdisjoint(before[key(edited)])
@@ -287,7 +287,7 @@ def test_crash_during_replace_leaves_one_generation(crash_in: str, real_docs: Pa
 
     report = ingest(settings, [real_docs])
     assert report.failed_files == 0
-    assert report.updated_files == (1 if crash_in == "commit_file" else 0)
+    assert report.updated_files == (1 if crash_in == "commit_files" else 0)
     store = ChunkStore(settings)
     assert_clean(store, [edited, other])
     assert report.chunks_total == store.count() == len(list(store.iter_chunks()))
