@@ -44,7 +44,9 @@ class Condition:
     cues_no: tuple[str, ...]
     numeric: dict | None
     implies: tuple[str, ...] = ()  # conditions that must hold when this one is answered (steps 9-10 → step 8)
-    about: str = "situation"  # "task": what the task is (a follow-up naming another task replaces it); "situation"
+    # "task": what the task is (a follow-up naming another task replaces it); "situation": the user's data, which
+    # carries over to a follow-up unless restated.
+    about: str = "situation"
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,7 @@ class ChunkCache:
         fetched = {c.id: c for c in self.store.get_chunks(missing)} if missing else {}
         with self._lock:
             self._chunks.update(fetched)
-            found = [c for i in ids if (c := self._chunks.get(i) or fetched.get(i)) is not None]
+            found = [c for i in ids if (c := self._chunks.get(i)) is not None]
             for chunk in found:
                 self._chunks.move_to_end(chunk.id)
             while len(self._chunks) > self.size:

@@ -50,13 +50,15 @@ class Settings(BaseSettings):
     retrieval_k: int = Field(default=8, ge=1, le=50, description="Fused hits kept per question.")
     retrieval_per_list: int = Field(default=20, ge=1, le=200, description="Candidates per ranked list before fusion.")
     rrf_k: int = Field(default=60, ge=1, le=1000, description="Reciprocal rank fusion constant (larger = flatter).")
-    # Dense lists per language: up to this many live chunks, one language-filtered Chroma query per language (exact
-    # lists, cheap on a small store); above it, one unfiltered query for len(languages) * 2 * per_list candidates,
-    # split by language afterwards, because Chroma's filtered search scans the matching records and took 1.6 s at
+    # Dense lists per language: up to this many live chunks they are exact (one unfiltered query for
+    # len(languages) * 4 * per_list candidates split by language, plus a language-filtered query for a language it
+    # leaves short); above it, one unfiltered query for len(languages) * 2 * per_list candidates, split by language
+    # afterwards and never filtered, because Chroma's filtered search scans the matching records and took 1.6 s at
     # 100k chunks against 37 ms unfiltered (`python -m bot bench`, scale section); bench run 4: both ~19 ms at 1k
     # chunks, 68 vs 21 ms at 10k, so the switch sits between them.
     dense_filter_max_chunks: int = Field(
-        default=5_000, ge=0, description="Largest store searched with one language-filtered query per language."
+        default=5_000, ge=0,
+        description="Largest store whose per-language dense lists are kept exact (filtered queries where needed).",
     )
     # The rule reader names a catalog task by meaning only when the question's embedding is at least this similar to
     # the task's (cosine; below it only a written alias names the task).

@@ -231,17 +231,12 @@ def run_ingest(
                 bar.update(len(batch))
             # One write for the group's chunks, then one for its manifest records: every chunk of a file is stored
             # before the record that makes it live, so a crash still leaves each file old or new.
-            ids = [chunk_id(item.key, item.file_hash, i, c.text) for item in group for i, c in enumerate(item.chunks)]
-            metas = [_metadata(item.key, item.file_hash, i, item.doc, c)
-                     for item in group for i, c in enumerate(item.chunks)]
-            chunks = [c for item in group for c in item.chunks]
-            store.add_chunks(ids, [c.text for c in chunks], metas, vectors)
-            at = 0
-            for item in group:
-                rows += [Row(cid, item.key, item.file_hash, item.doc.lang, c.section, tokenize(text))
-                         for cid, c, text in zip(ids[at : at + len(item.chunks)], item.chunks,
-                                                 texts[at : at + len(item.chunks)], strict=True)]
-                at += len(item.chunks)
+            placed = [(item, i, c) for item in group for i, c in enumerate(item.chunks)]  # aligned with texts
+            ids = [chunk_id(item.key, item.file_hash, i, c.text) for item, i, c in placed]
+            metas = [_metadata(item.key, item.file_hash, i, item.doc, c) for item, i, c in placed]
+            store.add_chunks(ids, [c.text for _, _, c in placed], metas, vectors)
+            rows += [Row(cid, item.key, item.file_hash, item.doc.lang, c.section, tokenize(text))
+                     for cid, (item, _, c), text in zip(ids, placed, texts, strict=True)]
             store.commit_files([FileRecord(item.key, item.file_hash, item.doc.doc_id, len(item.chunks))
                                 for item in group])
             for item in group:
