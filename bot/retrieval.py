@@ -266,10 +266,10 @@ class HybridRetriever:
         """The best ``per_list`` live chunk ids of each corpus language with their cosine similarity. One
         unfiltered query for ``4 x per_list`` per language (``2 x`` on a large store), split by language; on a
         store of at most ``dense_filter_max_chunks`` live chunks, a language left short gets its own filtered
-        query, so each list is exactly what a filtered query gives (a language with ``per_list`` hits in the
-        merged list has its best ones there). On a larger store a short language just has a shorter list (BM25
-        still ranks it). Chroma returns ids and distances only; liveness and language come from the keyword
-        index of the same view."""
+        query, so each list is what a filtered query gives (a language with ``per_list`` hits in the merged list
+        has its best ones there), up to the approximate index ordering a near-tie at the tail differently. On a
+        larger store a short language just has a shorter list (BM25 still ranks it). Chroma returns ids and
+        distances only; liveness and language come from the keyword index of the same view."""
         languages = view.index.languages or ["en"]
         out: dict[str, list[tuple[str, float]]] = {lang: [] for lang in languages}
 

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     retrieval_k: int = Field(default=8, ge=1, le=50, description="Fused hits kept per question.")
     retrieval_per_list: int = Field(default=20, ge=1, le=200, description="Candidates per ranked list before fusion.")
     rrf_k: int = Field(default=60, ge=1, le=1000, description="Reciprocal rank fusion constant (larger = flatter).")
-    # Dense lists per language: up to this many live chunks they are exact (one unfiltered query for
+    # Dense lists per language: up to this many live chunks they match filtered queries (one unfiltered query for
     # len(languages) * 4 * per_list candidates split by language, plus a language-filtered query for a language it
     # leaves short); above it, one unfiltered query for len(languages) * 2 * per_list candidates, split by language
     # afterwards and never filtered, because Chroma's filtered search scans the matching records and took 1.6 s at
@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     # chunks, 68 vs 21 ms at 10k, so the switch sits between them.
     dense_filter_max_chunks: int = Field(
         default=5_000, ge=0,
-        description="Largest store whose per-language dense lists are kept exact (filtered queries where needed).",
+        description="Largest store whose per-language dense lists match filtered queries (filtered where needed).",
     )
     # The rule reader names a catalog task by meaning only when the question's embedding is at least this similar to
     # the task's (cosine; below it only a written alias names the task).

@@ -142,16 +142,19 @@ def test_retrieval_knobs_come_from_settings(bot_service, bot_settings) -> None:
     assert len(narrow) < len(wide) and len(narrow) <= 2 * (len(retriever.languages) + 1)
 
 
-def test_dense_lists_equal_filtered_queries_per_language(retriever: HybridRetriever, monkeypatch) -> None:
-    """On a store within ``dense_filter_max_chunks`` each language's dense list is exactly what a filtered Chroma
-    query for that language gives (same ids, same order): from the merged unfiltered query when it holds enough of
-    the language, else from the language's own filtered query (both paths taken here)."""
+def test_dense_lists_match_filtered_queries_per_language(retriever: HybridRetriever, monkeypatch) -> None:
+    """On a store within ``dense_filter_max_chunks`` each language's dense list holds what a filtered Chroma query
+    for that language finds: the same length and best chunk, best first, only that language, and at least 95 % of
+    the same chunks over all lists (from the merged unfiltered query when it holds enough of the language, else
+    from the language's own filtered query; both paths are taken here). Not the identical list: Chroma's HNSW
+    search is approximate, and an unfiltered and a filtered search can order a near-tie at the tail differently (a
+    clean-clone CI run found one such swap at rank 12 of 12)."""
     view = retriever._current()
     calls: list[dict | None] = []
     query_ids = retriever.store.query_ids
     monkeypatch.setattr(retriever.store, "query_ids",
                         lambda vector, n, where=None: calls.append(where) or query_ids(vector, n, where=where))
-    fallbacks = []
+    fallbacks, shared, total = [], 0, 0
     for question in (JA_SENTIMENT, EN_SENTIMENT, "要約タスクではどちらが良い？", "What is the 20B definition?"):
         vector = retriever.embed_query(question)
         for per_list in (3, 12, 40):
@@ -159,8 +162,14 @@ def test_dense_lists_equal_filtered_queries_per_language(retriever: HybridRetrie
             got = retriever.dense_ids_by_language(view, vector, per_list)
             for lang in ("en", "ja"):
                 expected = [c.id for c, _ in retriever.dense(vector, per_list, where={"lang": lang})]
-                assert [i for i, _ in got[lang]] == expected, (question, per_list, lang)
+                ids, sims = [i for i, _ in got[lang]], [s for _, s in got[lang]]
+                assert len(ids) == len(expected) and ids[:1] == expected[:1], (question, per_list, lang)
+                assert sims == sorted(sims, reverse=True)
+                assert all(view.index.lang(r) == lang for r in view.index.rows_of(ids))
+                shared += len(set(ids) & set(expected))
+                total += len(expected)
             fallbacks.append(any(where is not None for where in calls))
+    assert shared >= 0.95 * total, (shared, total)
     assert any(fallbacks) and not all(fallbacks), fallbacks
 
 
