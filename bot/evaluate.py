@@ -8,6 +8,7 @@ import json
 import re
 import sys
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,12 +131,17 @@ def load_items(path: Path) -> list[dict]:
     return items
 
 
-def run(answerer: AnswerService | Pipeline, items: list[dict]) -> list[Result]:
-    """Answer every item through the pipeline (a bare service gets the template writer)."""
+def run(
+    answerer: AnswerService | Pipeline, items: list[dict], before_each: Callable[[str], None] | None = None
+) -> list[Result]:
+    """Answer every item through the pipeline (a bare service gets the template writer). ``before_each``: called
+    with each question before it is answered (the bench times the embedding floor there, interleaved)."""
     pipeline = answerer if isinstance(answerer, Pipeline) else Pipeline(answerer)
     store_ids = {c.id for c in pipeline.service.retriever.chunks}
     results = []
     for item in items:
+        if before_each is not None:
+            before_each(item["question"])
         answer = pipeline.ask(item["question"])
         results.append(
             Result(

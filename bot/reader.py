@@ -51,6 +51,7 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("ij,jk->ik", a, b) if a.shape[0] <= 16 else a @ b
 
 
+FEW_ROWS = 8  # Neighbours.raw for at most this many questions without left-out scenarios: by groups of keys
 MAX_SEGMENTS = 12  # a longer question's neighbouring sentences are merged (bounds the sentence-embedding cost)
 
 
@@ -384,7 +385,39 @@ class Neighbours:
         """Cosine similarity to every row, computed once per distinct vector."""
         return _matmul(np.asarray(vectors, dtype=np.float32), self.vectors.T)[:, self.inverse]
 
+    def _buckets(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The keys grouped by their number of rows rounded up to a power of two: per group, the keys, a (keys,
+        width) matrix of their distinct-vector indices padded with an index past the end, and their row counts.
+        Reading one question then takes one gather and one partition per group instead of one per key."""
+        found = getattr(self, "_bucket_cache", None)
+        if found is None:
+            sizes = np.array([len(c) for c in self.columns])
+            width_of = 1 << np.ceil(np.log2(np.maximum(sizes, 1))).astype(int)
+            found = []
+            for width in np.unique(width_of):
+                keys = np.flatnonzero(width_of == width)
+                index = np.full((len(keys), width), len(self.vectors), dtype=np.int64)
+                for i, k in enumerate(keys):
+                    index[i, : sizes[k]] = self.inverse[self.columns[k]]
+                found.append((keys, index, sizes[keys]))
+            self._bucket_cache = found
+        return found
+
+    def _raw_few(self, vectors: np.ndarray) -> np.ndarray:
+        """``raw`` for a few questions (no scenario left out): the same values, by padded groups of keys."""
+        sims = _matmul(np.asarray(vectors, dtype=np.float32), self.vectors.T)
+        sims = np.concatenate([sims, np.full((len(sims), 1), -np.inf, dtype=np.float32)], axis=1)
+        out = np.zeros((len(sims), 2 * len(self.keys)), dtype=np.float32)
+        for keys, index, sizes in self._buckets():
+            block = sims[:, index]  # (questions, keys, width)
+            top = np.partition(block, -3, axis=2)[:, :, -3:] if block.shape[2] > 3 else block
+            out[:, 2 * keys] = top.max(axis=2)
+            out[:, 2 * keys + 1] = np.where(np.isfinite(top), top, 0.0).sum(axis=2) / np.minimum(sizes, 3)
+        return out
+
     def raw(self, vectors: np.ndarray, groups: Sequence[str] | None = None) -> np.ndarray:
+        if groups is None and len(vectors) <= FEW_ROWS:
+            return self._raw_few(vectors)
         sims = self._similarities(vectors)
         if groups is not None:  # leave the question's own scenario out
             sims[np.asarray(groups)[:, None] == self.groups[None, :]] = -1.0

@@ -274,8 +274,9 @@ class HybridRetriever:
         out: dict[str, list[tuple[str, float]]] = {lang: [] for lang in languages}
 
         def keep(found: list[tuple[str, float]]) -> None:
-            for (chunk_id, sim), row in zip(found, view.index.rows_of([c for c, _ in found]), strict=True):
-                kept = out.get(view.index.lang(row)) if row is not None else None
+            langs = view.index.langs_of(view.index.rows_of([c for c, _ in found]))
+            for (chunk_id, sim), lang in zip(found, langs, strict=True):
+                kept = out.get(lang) if lang is not None else None
                 if kept is not None and len(kept) < per_list and (chunk_id, sim) not in kept:
                     kept.append((chunk_id, sim))
 

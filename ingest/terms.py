@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import threading
 import unicodedata
+from functools import lru_cache
 
 from ingest.text import ASCII_WORD, CJK, HAN, KANA, stem  # noqa: F401 (KANA, HAN re-exported)
 
@@ -155,6 +156,18 @@ def _latin_terms(text: str) -> list[str]:
 
 def tokenize(text: str) -> list[str]:
     """BM25 terms: Sudachi (mode A) normalised forms for Japanese, lower-cased words for Latin script."""
+    return list(_tokenize_cached(text)) if len(text) <= _CACHED_TEXT_CHARS else _tokenize(text)
+
+
+_CACHED_TEXT_CHARS = 600  # an answer tokenises its question and its evidence sentences several times: cache short texts
+
+
+@lru_cache(maxsize=4096)
+def _tokenize_cached(text: str) -> tuple[str, ...]:
+    return tuple(_tokenize(text))
+
+
+def _tokenize(text: str) -> list[str]:
     text = unicodedata.normalize("NFKC", text).lower()
     if not CJK.search(text):
         return _latin_terms(text)

@@ -160,7 +160,9 @@ def test_run_on_real_service(bot_service) -> None:
     items = [item(kind="decision", lang="ja", expected_verdict="fine_tuned", expected_sections=["4.1"],
                   question="感情分析でラベル付きデータが20万件ある。LLMとファインチューニング、どっち？"),
              item(kind="offtopic", expect_abstain=True, question="What's the weather in Tokyo tomorrow?")]
-    results = run(bot_service, items)
+    seen: list[tuple[str, int]] = []
+    results = run(bot_service, items, before_each=lambda q: seen.append((q, len(seen))))
+    assert seen == [(items[0]["question"], 0), (items[1]["question"], 1)]  # each question, before its answer
     assert len(results) == 2
     assert results[0].verdict_ok is True and results[0].section_hit is True and results[0].invalid == 0
     assert results[1].abstained and results[1].sections == []

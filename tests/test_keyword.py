@@ -100,6 +100,8 @@ def test_rows_of_finds_held_ids_and_none_for_others(tmp_path: Path) -> None:
     for opened in (index, KeywordIndex.load(index.save(tmp_path))):
         assert opened.rows_of(["bb", "zz", "a", "b", "bbb", "c"]) == [2, None, 1, None, None, 0]
         assert [opened.lang(r) for r in (0, 1, 2)] == ["en", "ja", "en"]
+        assert opened.langs_of([2, None, 1, 0]) == ["en", None, "ja", "en"]
+        assert opened.langs_of([None]) == [None] and opened.langs_of([]) == []
     assert KeywordIndex.build([], "e").rows_of(["a"]) == [None]
 
 

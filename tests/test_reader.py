@@ -267,3 +267,24 @@ def test_deciding_reason_first_and_the_other_side_labelled(bot_service) -> None:
     assert "Step 5" in bullets[0]
     other = [b for b in bullets if "sentiment" in b.lower()]
     assert other and all(b.startswith("- On the other hand") for b in other)
+
+
+def test_neighbour_features_for_a_few_questions_equal_the_per_key_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reading-time path (keys grouped by padded size: one gather and partition per group) gives the values of
+    the per-key loop used at training, for keys with 1, 2, 3 and many rows and a vector shared by several keys."""
+    import bot.reader as reader_module
+    from bot.reader import Neighbours
+
+    rng = np.random.default_rng(0)
+    sizes = [1, 2, 3, 4, 7, 40, 300]
+    key_index = np.concatenate([np.full(n, k) for k, n in enumerate(sizes)])
+    vectors = rng.normal(size=(len(key_index), 16)).astype(np.float32)
+    vectors[1] = vectors[0]  # one question is a row of two keys
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    near = Neighbours([f"k{k}" for k in range(len(sizes))], vectors, key_index, np.array(["g"] * len(key_index)))
+    questions = rng.normal(size=(3, 16)).astype(np.float32)
+    few = near.raw(questions)
+    monkeypatch.setattr(reader_module, "FEW_ROWS", 0)
+    loop = near.raw(questions)
+    assert few.shape == loop.shape == (3, 2 * len(sizes))
+    assert np.allclose(few, loop, atol=1e-6)
