@@ -16,6 +16,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -137,7 +138,7 @@ class Example:
     depends_on: str | None = None
     evidence: dict[str, str] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def text(self) -> str:
         return normalize_question(self.question)
 

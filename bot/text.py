@@ -14,7 +14,8 @@ from ingest.text import detect_language as detect_language  # re-exported: the o
 def normalize_question(text: str) -> str:
     """NFKC, control characters removed (newlines/tabs become spaces), whitespace collapsed."""
     text = unicodedata.normalize("NFKC", text)
-    text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") else c for c in text)
+    if not text.isprintable():  # printable text has none of those categories: skip the per-character pass
+        text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") else c for c in text)
     return re.sub(r"\s+", " ", text).strip()
 
 
