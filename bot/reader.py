@@ -115,12 +115,12 @@ class ReaderConfig:
     # A follow-up whose own reading names another task, or states a task condition (`about = "task"` in the flow
     # file), with at least this probability replaces the earlier turn's task and task conditions.
     follow_up_switch_p: float = 0.7
-    # A follow-up read on its own as a question about the survey ("which remark is that from?", "and hallucination
-    # in that setting?") with at least this probability is answered as content, not with the earlier verdict.
-    # Chosen before any scoring and checked on the labelled follow-up fragments (questions_b22-b24), each file read
-    # by a reader trained without it: at 0.8, 98 of 131 content fragments are caught and 3 of 552 decision
-    # fragments ("why?", "what if 40 labels?") are lost; 0.5 loses 17, 0.95 catches 84.
-    follow_up_content_p: float = 0.8
+    # A follow-up read on its own (by the fragment reader, ``LearnedReader.followups``) as a question about the
+    # survey ("which remark is that from?", "and hallucination in that setting?") with at least this probability is
+    # answered as content, not with the earlier verdict. Chosen on the labelled fragments, each of followups_b22-b24
+    # read by a fragment reader trained on the other two: 0.5 catches 93 of 131 content fragments and loses 8 of
+    # 552 decision fragments ("why?", "what if 40 labels?"); 0.8 catches 63 and loses 2; 0.9 catches 50, loses 0.
+    follow_up_content_p: float = 0.5
 
 
 @dataclass
@@ -144,19 +144,22 @@ class Example:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def reading_files(corpus_dir: Path) -> list[Path]:
-    return sorted((corpus_dir / "reader").glob("questions_*.jsonl"))
+QUESTIONS, FOLLOWUPS = "questions", "followups"  # standalone questions; chat follow-up fragments read on their own
 
 
-def load_examples(corpus_dir: Path, flow: DecisionFlow) -> list[Example]:
-    """Every labelled question under ``corpus/reader/``; a malformed line raises KnowledgeError naming the file,
-    the line and the field."""
+def reading_files(corpus_dir: Path, kind: str = QUESTIONS) -> list[Path]:
+    return sorted((corpus_dir / "reader").glob(f"{kind}_*.jsonl"))
+
+
+def load_examples(corpus_dir: Path, flow: DecisionFlow, kind: str = QUESTIONS) -> list[Example]:
+    """Every labelled question (``kind`` questions) or follow-up fragment (``followups``) under ``corpus/reader/``;
+    a malformed line raises KnowledgeError naming the file, the line and the field."""
     cond_ids = {c.id for c in flow.conditions}
     task_ids = {t.id for t in flow.tasks}
     cons_ids = {c.id for c in flow.considerations}
     out: list[Example] = []
     seen: set[str] = set()
-    for path in reading_files(corpus_dir):
+    for path in reading_files(corpus_dir, kind):
         for where, row in read_jsonl(path, ("id", "scenario", "lang", "question", "intent")):
             if row["intent"] not in INTENTS:
                 raise KnowledgeError(f"{where}: field 'intent' must be one of {INTENTS}, not {row['intent']!r}")
@@ -198,7 +201,12 @@ def data_hash(corpus_dir: Path, lexicon_path: Path | None = None) -> str:
     """Changes whenever the reading data, the flow/catalog, the lexicon, the reader's knobs or its code version
     change."""
     digest = hashlib.sha256(f"reader-v{READER_VERSION} {ReaderConfig()!r}".encode())
-    paths = [*reading_files(corpus_dir), corpus_dir / "decision_flow.toml", lexicon_path or load_lexicon_path()]
+    paths = [
+        *reading_files(corpus_dir),
+        *reading_files(corpus_dir, FOLLOWUPS),
+        corpus_dir / "decision_flow.toml",
+        lexicon_path or load_lexicon_path(),
+    ]
     for path in paths:
         digest.update(path.name.encode())
         digest.update(path.read_bytes() if path.exists() else b"")
@@ -595,6 +603,9 @@ class LearnedReader:
         self.featurizer = featurizer
         self.models = models  # "intent", "task", "cond:<id>", "cons:<id>" -> fitted LogisticRegression (or None)
         self.fingerprint = fingerprint
+        # Reads a follow-up turn on its own ("what if only 40 labels?", "which remark is that from?"): trained on the
+        # labelled fragments (followups_*.jsonl), kept apart so they do not change how whole questions are read.
+        self.followups: LearnedReader | None = None
         # A question given as a plain vector is encoded again for its sentences' vectors (not saved).
         self.encode_tokens: Callable[[list[str], int], list[QueryEncoding]] | None = None
         self._tasks = {t.id: t for t in flow.tasks}
@@ -747,11 +758,12 @@ class LearnedReader:
         best = int(np.argmax(probs))
         states = self._states(text, x, count, parts, sentence_scores)
         task, task_p = self._task(x)
+        fragments = self.followups or self
         if follow_up:
             own_count = label_count(follow_up, self.lexicon)
-            own_x, own_parts, own_probs = self.features(follow_up, follow_up_vector, own_count)
-            own = self._states(follow_up, own_x, own_count, own_parts, own_probs)
-            own_task, own_task_p = self._task(own_x)
+            own_x, own_parts, own_probs = fragments.features(follow_up, follow_up_vector, own_count)
+            own = fragments._states(follow_up, own_x, own_count, own_parts, own_probs)
+            own_task, own_task_p = fragments._task(own_x)
             if self.switches_task(task, own, own_task, own_task_p):
                 # "not a score: write feedback comments instead": what the task is comes from the follow-up
                 # alone; the earlier facts about the user's data (labels, drifting inputs) still hold.
@@ -759,13 +771,13 @@ class LearnedReader:
                 task, task_p = own_task, own_task_p
             states.update({cid: st for cid, st in own.items() if st.holds is not None})
             count = own_count if own_count is not None else count
-            own_probs, own_intents = self.proba("intent", own_x)
+            own_probs, own_intents = fragments.proba("intent", own_x)
             own_best = int(np.argmax(own_probs))
             if own_intents[own_best] == "content" and own_probs[own_best] >= self.config.follow_up_content_p:
                 probs, intents, best = own_probs, own_intents, own_best
         considerations = [
             self._cons[cid] for cid in self._cons
-            if self._consideration(cid, text, x) or (follow_up and self._consideration(cid, follow_up, own_x))
+            if self._consideration(cid, text, x) or (follow_up and fragments._consideration(cid, follow_up, own_x))
         ]
         return Reading(
             intent=intents[best],
@@ -879,6 +891,8 @@ class LearnedReader:
                     "config": self.config,
                     "featurizer": self.featurizer,
                     "models": self.models,
+                    "followups": None if self.followups is None
+                    else {"featurizer": self.followups.featurizer, "models": self.followups.models},
                 },
                 tmp,
                 compress=0,  # uncompressed loads ~0.35 s faster at start-up (30 MB beside the store, not in git)
@@ -903,10 +917,15 @@ class LearnedReader:
             or blob.get("fingerprint") != fingerprint
         ):
             return None
-        featurizer = blob["featurizer"]
-        featurizer.flow = flow
-        featurizer.rules = RuleReader(flow, featurizer.lexicon)
-        return cls(flow, featurizer.lexicon, blob["config"], featurizer, blob["models"], fingerprint)
+        def build(featurizer: Featurizer, models: dict) -> LearnedReader:
+            featurizer.flow = flow
+            featurizer.rules = RuleReader(flow, featurizer.lexicon)
+            return cls(flow, featurizer.lexicon, blob["config"], featurizer, models, fingerprint)
+
+        reader = build(blob["featurizer"], blob["models"])
+        if blob.get("followups"):
+            reader.followups = build(blob["followups"]["featurizer"], blob["followups"]["models"])
+        return reader
 
 
 # ---------------------------------------------------------------------------------------------- embeddings cache
@@ -1014,23 +1033,33 @@ def ensure_reader(settings, embedder, flow: DecisionFlow, progress: bool = False
     if not force:
         reader = LearnedReader.load(path, flow, fingerprint)
         if reader is not None:
-            reader.encode_tokens = embedder.encode_query_tokens
+            for part in (reader, reader.followups):
+                if part is not None:
+                    part.encode_tokens = embedder.encode_query_tokens
             return reader
     examples = load_examples(settings.corpus_dir, flow)
     if not examples:
         raise KnowledgeError(f"{settings.corpus_dir / 'reader'}: no labelled questions (questions_*.jsonl)")
+    fragments = load_examples(settings.corpus_dir, flow, FOLLOWUPS)
     if progress:
-        print(f"train-reader: {len(examples)} labelled questions", file=sys.stderr, flush=True)
+        print(f"train-reader: {len(examples)} labelled questions, {len(fragments)} follow-up fragments",
+              file=sys.stderr, flush=True)
     cache = EmbeddingCache(cache_path(settings, embedder))
     layer = ReaderConfig().part_layer
-    parts = cache.parts([e.text for e in examples], embedder.encode_query_tokens, layer, progress)
-    vectors = cache.embed([e.text for e in examples], embedder.encode_queries, progress)
-    spans = span_vectors(examples, cache, embedder.encode_queries, progress)
-    reader = LearnedReader.train(
-        flow, examples, vectors, fingerprint=fingerprint, spans=spans, parts=_lookup(examples, parts)
-    )
+
+    def train(rows: list[Example]) -> LearnedReader:
+        parts = cache.parts([e.text for e in rows], embedder.encode_query_tokens, layer, progress)
+        vectors = cache.embed([e.text for e in rows], embedder.encode_queries, progress)
+        spans = span_vectors(rows, cache, embedder.encode_queries, progress)
+        trained = LearnedReader.train(
+            flow, rows, vectors, fingerprint=fingerprint, spans=spans, parts=_lookup(rows, parts)
+        )
+        trained.encode_tokens = embedder.encode_query_tokens
+        return trained
+
+    reader = train(examples)
+    reader.followups = train(fragments) if fragments else None
     reader.save(path)
-    reader.encode_tokens = embedder.encode_query_tokens
     return reader
 
 

@@ -11,11 +11,12 @@ import pytest
 
 from bot.engine import ConditionState, DecisionEngine, Reading
 from bot.knowledge import KnowledgeError, load_flow
-from bot.reader import Example, load_examples
+from bot.reader import FOLLOWUPS, Example, load_examples
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 FLOW = load_flow(CORPUS / "decision_flow.toml")
 EXAMPLES = load_examples(CORPUS, FLOW)
+FRAGMENTS = load_examples(CORPUS, FLOW, FOLLOWUPS)  # chat follow-ups read on their own
 ENGINE = DecisionEngine(FLOW)
 
 
@@ -42,7 +43,7 @@ def test_enough_questions_in_both_languages() -> None:
 def test_every_decision_question_walks_to_its_verdict() -> None:
     wrong = [
         (e.id, e.verdict, walk(e))
-        for e in EXAMPLES
+        for e in EXAMPLES + FRAGMENTS
         if e.intent == "decision" and e.verdict not in (None, "depends") and walk(e) != e.verdict
     ]
     assert not wrong, wrong[:20]
@@ -66,7 +67,7 @@ def test_every_verdict_follows_from_its_labels_by_the_engine_rules() -> None:
     `depends`. Knowledge-base changes that would contradict labels show up here."""
     wrong = [
         (e.id, e.verdict, decision.verdict, decision.conflicts)
-        for e in EXAMPLES
+        for e in EXAMPLES + FRAGMENTS
         if e.intent == "decision" and e.verdict is not None
         and (decision := ENGINE.decide_reading(gold_reading(e))).verdict != e.verdict
     ]
@@ -120,7 +121,7 @@ def test_paraphrases_of_one_scenario_share_it_across_languages() -> None:
 
 
 def test_reading_data_is_not_taken_from_the_eval_sets() -> None:
-    asked = {e.text.lower() for e in EXAMPLES}
+    asked = {e.text.lower() for e in EXAMPLES + FRAGMENTS}
     for path in CORPUS.glob("*.jsonl"):
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
@@ -136,3 +137,13 @@ def test_bad_line_names_file_line_and_field(tmp_path: Path) -> None:
     (tmp_path / "reader" / "questions_t.jsonl").write_text("\n".join(lines), encoding="utf-8")
     with pytest.raises(KnowledgeError, match=r"questions_t\.jsonl:2: field 'conditions'"):
         load_examples(tmp_path, FLOW)
+
+
+def test_follow_up_fragments_cover_both_intents_and_are_not_whole_questions() -> None:
+    """The fragment reader learns content vs decision follow-ups and what a fragment states; a fragment is never
+    also a standalone question of the reading data."""
+    intents = Counter(e.intent for e in FRAGMENTS)
+    assert intents["decision"] >= 100 and intents["content"] >= 30, intents
+    assert sum(1 for e in FRAGMENTS if e.conditions) >= 100
+    whole = {e.text.lower() for e in EXAMPLES}
+    assert not [e.id for e in FRAGMENTS if e.text.lower() in whole]
