@@ -217,6 +217,23 @@ def test_a_follow_up_that_changes_the_task_replaces_the_task_conditions(bot_serv
     assert [c.id for c in flow.conditions if c.about == "situation"] == ["few_labels", "ood_data"]
 
 
+def test_a_follow_up_is_read_on_its_own_by_the_fragment_reader(bot_service) -> None:
+    """The fragment reader (trained on followups_*.jsonl, saved with the question reader) reads a follow-up's own
+    words: a question about the evidence is answered as content, "why?" keeps the verdict, a new label count
+    flips it."""
+    assert bot_service.engine.reader.followups is not None
+    first = "We classify product reviews as positive or negative and have 80,000 labelled reviews. LLM or fine-tune?"
+    answer = bot_service.ask(first)
+    assert answer.verdict == "fine_tuned"
+    history = [{"role": "user", "content": first}, {"role": "assistant", "content": answer.answer}]
+    evidence = bot_service.ask("どの実験がその根拠になっていますか？", history=history)
+    assert evidence.follow_up and evidence.verdict is None and not evidence.abstained
+    why = bot_service.ask("Why, though?", history=history)
+    assert why.follow_up and why.verdict == "fine_tuned"
+    fewer = bot_service.ask("and if we only had 30 labelled reviews?", history=history)
+    assert fewer.follow_up and fewer.verdict == "llm"
+
+
 def test_offtopic_near_miss_is_refused(bot_service) -> None:
     answer = bot_service.ask("How do I fine-tune the action on my acoustic guitar so the strings don't buzz?")
     assert answer.abstained and answer.verdict is None
