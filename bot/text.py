@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from functools import lru_cache
 
-from ingest.terms import EN_STOPWORDS, tokenize  # noqa: F401 (EN_STOPWORDS re-exported)
+from ingest.terms import EN_STOPWORDS, tokenize, tokenize_cached  # noqa: F401 (re-exported)
 from ingest.text import detect_language as detect_language  # re-exported: the one detector lives in ingest
 
 
@@ -17,11 +16,6 @@ def normalize_question(text: str) -> str:
     if not text.isprintable():  # printable text has none of those categories: skip the per-character pass
         text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") else c for c in text)
     return re.sub(r"\s+", " ", text).strip()
-
-
-@lru_cache(maxsize=4096)
-def tokenize_cached(text: str) -> tuple[str, ...]:
-    return tuple(tokenize(text))
 
 
 # Over-long questions keep their beginning and their end (where the ask usually is), joined by this marker.

@@ -156,14 +156,16 @@ def _latin_terms(text: str) -> list[str]:
 
 def tokenize(text: str) -> list[str]:
     """BM25 terms: Sudachi (mode A) normalised forms for Japanese, lower-cased words for Latin script."""
-    return list(_tokenize_cached(text)) if len(text) <= _CACHED_TEXT_CHARS else _tokenize(text)
+    return list(tokenize_cached(text)) if len(text) <= _CACHED_TEXT_CHARS else _tokenize(text)
 
 
 _CACHED_TEXT_CHARS = 600  # an answer tokenises its question and its evidence sentences several times: cache short texts
 
 
 @lru_cache(maxsize=4096)
-def _tokenize_cached(text: str) -> tuple[str, ...]:
+def tokenize_cached(text: str) -> tuple[str, ...]:
+    """``tokenize`` as a tuple, cached whatever the length (the one cache: ``tokenize`` reads short texts from it;
+    the decision engine re-reads whole questions through it)."""
     return tuple(_tokenize(text))
 
 
