@@ -174,12 +174,23 @@ def label_count(text: str, lexicon: Lexicon | None = None) -> int | None:
         counts.append((m.start(), m.end(), int(value)))
     best = None
     for start, end, value in counts:
+        if _retracted(text, start, end, lex):
+            continue
         window = text[max(0, start - 30) : end + 30]
         if any(w in window for w in lex.label_words):
             per = any(w in text[max(0, start - 12) : end + 12] for w in lex.per_words)
             value = value * 3 if per else value  # "15 per team": a few classes' worth; still small
             best = value if best is None else max(best, value)
     return best
+
+
+def _retracted(text: str, start: int, end: int, lex: Lexicon) -> bool:
+    """Whether the number at ``text[start:end]`` is the count a correction takes back ("not 25k", 「3万件じゃなくて」)."""
+    before = text[:start].rstrip().lower()
+    if any(before.endswith(w) and (not w.isascii() or not before[: -len(w)][-1:].isalpha()) for w in lex.retracting_before):
+        return True
+    after = text[end:].lstrip(" " + lex.counters).lower()
+    return any(after.startswith(w) for w in lex.retracting_after)
 
 
 # A catalog task is taken from embeddings alone only above this similarity (tuned on the dev set: below it the

@@ -19,6 +19,8 @@ class Lexicon:
     units: dict[str, int]
     label_words: tuple[str, ...]
     per_words: tuple[str, ...]
+    retracting_before: tuple[str, ...]
+    retracting_after: tuple[str, ...]
     decision_cues: tuple[str, ...]
     content_cues: tuple[str, ...]
     survey_words: tuple[str, ...]
@@ -29,7 +31,7 @@ class Lexicon:
 
 @cache
 def _word_number_patterns(items: tuple[tuple[str, int], ...]) -> tuple[tuple[re.Pattern[str], int], ...]:
-    return tuple((re.compile(rf"(?<![a-z]){re.escape(w)}(?![a-z])"), v) for w, v in items)
+    return tuple((re.compile(rf"(?<![a-z0-9]){re.escape(w)}(?![a-z])"), v) for w, v in items)
 
 
 def _strings(table: dict, key: str, where: str, path: Path) -> tuple[str, ...]:
@@ -54,6 +56,8 @@ def load_lexicon(path: Path = DEFAULT_PATH) -> Lexicon:
         units=units,
         label_words=_strings(counts, "label_words", "label_count", path),
         per_words=_strings(counts, "per_words", "label_count", path),
+        retracting_before=_strings(counts, "retracting_before", "label_count", path),
+        retracting_after=_strings(counts, "retracting_after", "label_count", path),
         decision_cues=_strings(intent, "decision_cues", "intent", path),
         content_cues=_strings(intent, "content_cues", "intent", path),
         survey_words=_strings(intent, "survey_words", "intent", path),

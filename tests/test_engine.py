@@ -129,6 +129,19 @@ def test_label_count_ignores_digits_in_model_names(text: str) -> None:
     assert label_count(text) is None
 
 
+
+@pytest.mark.parametrize(("text", "count"), [
+    ("sorry my bad, its 25 labeled, not 25k. the rest are unlabeled", 25),
+    ("we have 40 labelled rows instead of 40k", 40),
+    ("振り分け済みは3万件じゃなくて30件でした", 30),
+    ("ラベルは2万件ではなく200件です", 200),
+    ("ラベル付きは200件", 200),
+])
+def test_label_count_skips_the_count_a_correction_takes_back(text: str, count: int) -> None:
+    """A correction names the wrong count and the right one: the retracted number does not count, and "200件" is
+    not read as the word number "0件"."""
+    assert label_count(text) == count
+
 # ---------------------------------------------------------------------------------------------- decide
 def test_decide_sentiment_with_many_labels(engine: DecisionEngine) -> None:
     """Sentiment + 200k labels: a decision for a fine-tuned model; few_labels settled 'no' by the count."""
