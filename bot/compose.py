@@ -3,7 +3,6 @@ change the verdict, and sources — in Japanese or English. Templates are module
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,7 +13,8 @@ from bot.knowledge import ContentAsks, DecisionFlow, Source
 from bot.text import tokenize
 from ingest.chunking import weighted_len
 from ingest.store import StoredChunk
-from ingest.text import CJK, HAN_RANGES, KANA_RANGES
+from ingest.terms import chunk_sentences, content_terms, parse_sentence_terms
+from ingest.text import CJK, split_sentences
 
 T = {
     "en": {
@@ -324,13 +324,7 @@ def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence
 
 # ------------------------------------------------------------------------------------------- content answers
 _ITEM = re.compile(r"^\s*(?:[-*•・]\s+|(?P<num>\d{1,2})[.)]\s+|\((?P<paren>\d{1,2})\)\s*)")
-# A sentence may end at 。 (always), or at . ! ? (plus closing quotes/brackets) before whitespace; ! and ? also
-# before a Japanese letter (NFKC turns ！？ into !?).
-_JA_END = re.compile(rf"[。][」』)\]]*|[!?][」』)\]]*(?=[{KANA_RANGES}{HAN_RANGES}])")
-_EN_END = re.compile(r"[.!?][\"'”’)\]]*(?=\s)")
-_NEXT_STARTS = re.compile(rf"\s*[\"'“‘(\[]?[A-Z0-9{KANA_RANGES}{HAN_RANGES}]")
 _COMPLETE = re.compile(r"[.!?。][\"'”’)）」』\]]*$")
-_LAST_WORD = re.compile(r"(?:^|\s|\()(\S+)$")
 
 
 @dataclass(frozen=True)
@@ -340,32 +334,6 @@ class Piece:
     text: str
     block: int  # paragraph or item index within the chunk
     item: bool = False  # a list item (its marker removed)
-
-
-def _ends_sentence(text: str, end: int, abbreviations: frozenset[str]) -> bool:
-    """Whether the full stop (or ! ?) just before ``end`` closes a sentence: not after an abbreviation ("Sec.",
-    "e.g.", "et al.") or an initial ("J."), and only before a capital, a digit or a Japanese letter."""
-    if not _NEXT_STARTS.match(text, end):
-        return False
-    word = _LAST_WORD.search(text[:end].rstrip("\"'”’)]"))
-    last = word.group(1).lower().lstrip("(\"'“‘[") if word else ""
-    if last in abbreviations or re.fullmatch(r"\(?[a-z]\.", last):
-        return False
-    return not (last == "al." and text[:end].lower().rstrip().endswith("et al."))
-
-
-def split_sentences(text: str, abbreviations: frozenset[str] = frozenset()) -> list[str]:
-    """Whole sentences of one paragraph or item, in order (Japanese and English; abbreviations do not split)."""
-    cuts = {m.end() for m in _JA_END.finditer(text)}
-    cuts |= {m.end() for m in _EN_END.finditer(text) if _ends_sentence(text, m.end(), abbreviations)}
-    out, start = [], 0
-    for cut in sorted(cuts):
-        if text[start:cut].strip():
-            out.append(text[start:cut].strip())
-        start = cut
-    if text[start:].strip():
-        out.append(text[start:].strip())
-    return out
 
 
 def pieces(text: str, abbreviations: frozenset[str] = frozenset()) -> list[Piece]:
@@ -681,20 +649,14 @@ def content_chunks(
     return out[:limit]
 
 
-@functools.lru_cache(maxsize=8192)
-def _content_terms(text: str) -> frozenset[str]:
-    """Tokens that carry meaning for matching a claim to a sentence (no one-letter or all-hiragana tokens); cached,
-    since the same evidence sentences come back answer after answer."""
-    return frozenset({t for t in tokenize(text) if len(t) >= 2 and not _HIRAGANA.fullmatch(t)})
-
-
-def support_sentence(chunk_text: str, claim: str) -> str:
+def support_sentence(chunk_text: str, claim: str, stored_terms: str | None = None) -> str:
     """The sentence of ``chunk_text`` most like ``claim`` (shared content terms, length-normalised); "" if none
-    shares a term."""
-    claim_terms = _content_terms(_MARKERS.sub("", claim))
+    shares a term. ``stored_terms``: the chunk's ``sentence_terms`` metadata, written at ingest, so the sentences
+    need no tokenising here."""
+    claim_terms = content_terms(_MARKERS.sub("", claim))
     best, best_score = "", 0.0
-    for sentence in (s for line in chunk_text.splitlines() for s in split_sentences(line)):
-        terms = _content_terms(sentence)
+    sentences = chunk_sentences(chunk_text)
+    for sentence, terms in zip(sentences, parse_sentence_terms(stored_terms, sentences), strict=True):
         score = len(claim_terms & terms) / (len(terms) + 1) ** 0.5 if terms else 0.0
         if score > best_score:
             best, best_score = sentence, score
@@ -709,7 +671,8 @@ def mark_support(body: str, cites: Citations) -> None:
             if n not in done and 1 <= n <= len(cites.items):
                 done.add(n)
                 item = cites.items[n - 1]
-                item.support = support_sentence(item.chunk.text, line)
+                terms = item.chunk.metadata.get("sentence_terms")
+                item.support = support_sentence(item.chunk.text, line, terms if isinstance(terms, str) else None)
 
 
 def with_sources(body: str, lang: str, cites: Citations) -> str:

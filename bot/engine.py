@@ -185,10 +185,12 @@ def label_count(text: str, lexicon: Lexicon | None = None) -> int | None:
 
 
 def _retracted(text: str, start: int, end: int, lex: Lexicon) -> bool:
-    """Whether the number at ``text[start:end]`` is the count a correction takes back ("not 25k", 「3万件じゃなくて」)."""
+    """Whether the number at ``text[start:end]`` is the count a correction takes back ("not 25k",
+    「3万件じゃなくて」)."""
     before = text[:start].rstrip().lower()
-    if any(before.endswith(w) and (not w.isascii() or not before[: -len(w)][-1:].isalpha()) for w in lex.retracting_before):
-        return True
+    for word in lex.retracting_before:
+        if before.endswith(word) and not before[: -len(word)][-1:].isalpha():
+            return True
     after = text[end:].lstrip(" " + lex.counters).lower()
     return any(after.startswith(w) for w in lex.retracting_after)
 

@@ -20,10 +20,11 @@ from ingest.embeddings import Embedder, load_embedder
 from ingest.keyword import Row, indexed_text
 from ingest.loaders import SUPPORTED_SUFFIXES, LoadedDoc, LoadError, load_file
 from ingest.store import ChunkStore, FileRecord
-from ingest.terms import tokenize
+from ingest.terms import sentence_terms_field, tokenize
 
-# Bump when chunking output changes for the same settings: forces a rebuild (4: "[16]" references rewritten on load).
-CHUNKER_VERSION = 4
+# Bump when chunking output or chunk metadata changes for the same settings: forces a rebuild (4: "[16]" references
+# rewritten on load; 5: each chunk carries its sentence terms, `sentence_terms`).
+CHUNKER_VERSION = 5
 # Files are embedded in groups of at least this many batches' worth of chunks: full, length-sorted batches.
 EMBED_GROUP_BATCHES = 8
 
@@ -141,6 +142,7 @@ def _metadata(key: str, file_hash: str, index: int, doc: LoadedDoc, chunk: Chunk
         "chunk_index": index,
         "char_start": chunk.char_start,
         "char_end": chunk.char_end,
+        "sentence_terms": sentence_terms_field(chunk.text),
     }
     if chunk.page is not None:
         meta["page"] = chunk.page

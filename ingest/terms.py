@@ -8,7 +8,7 @@ import threading
 import unicodedata
 from functools import lru_cache
 
-from ingest.text import ASCII_WORD, CJK, HAN, KANA, stem  # noqa: F401 (KANA, HAN re-exported)
+from ingest.text import ASCII_WORD, CJK, HAN, KANA, split_sentences, stem  # noqa: F401 (KANA, HAN re-exported)
 
 _SUDACHI_MAX_BYTES = 40_000  # Sudachi rejects inputs near 49 kB; longer text is tokenised in pieces
 
@@ -187,3 +187,36 @@ def _tokenize(text: str) -> list[str]:
             else:
                 terms.append(m.normalized_form().lower())
     return terms
+
+
+# ------------------------------------------------------------------------------------------- sentence terms
+# The sources panel marks the sentence of a cited chunk that supports the claim (shared content terms). The terms of
+# every chunk's sentences are written at ingest into the chunk's metadata (``sentence_terms``), so an answer does
+# not tokenise the sentences of the chunks it cites.
+_HIRAGANA = re.compile(r"[\u3040-\u309f]+")
+
+
+@lru_cache(maxsize=8192)
+def content_terms(text: str) -> frozenset[str]:
+    """Tokens that carry meaning for matching a claim to a sentence (no one-letter or all-hiragana tokens)."""
+    return frozenset({t for t in tokenize(text) if len(t) >= 2 and not _HIRAGANA.fullmatch(t)})
+
+
+def chunk_sentences(text: str) -> list[str]:
+    """A chunk's sentences, line by line, in order."""
+    return [s for line in text.splitlines() for s in split_sentences(line)]
+
+
+def sentence_terms_field(text: str) -> str:
+    """The metadata value: one line per sentence of ``chunk_sentences``, its content terms joined by spaces."""
+    return "\n".join(" ".join(sorted(content_terms(s))) for s in chunk_sentences(text))
+
+
+def parse_sentence_terms(field: str | None, sentences: list[str]) -> list[frozenset[str]]:
+    """The content terms of each of ``sentences``: from the stored field when it has one line per sentence (terms
+    never hold whitespace), else tokenised now (a chunk stored before the field existed)."""
+    if field is not None:
+        lines = field.split("\n")
+        if len(lines) == len(sentences):
+            return [frozenset(line.split()) for line in lines]
+    return [content_terms(s) for s in sentences]

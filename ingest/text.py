@@ -47,3 +47,38 @@ def stem(word: str) -> str:
             word = word[: -len(suffix)]
             break
     return word[:-1] if word.endswith("i") and len(word) > 4 else word  # "summari(es)" ~ "summar(ization)"
+
+
+# ------------------------------------------------------------------------------------------------ sentences
+# A sentence may end at 。 (always), or at . ! ? (plus closing quotes/brackets) before whitespace; ! and ? also
+# before a Japanese letter (NFKC turns ！？ into !?).
+_JA_END = re.compile(rf"[。][」』)\]]*|[!?][」』)\]]*(?=[{KANA_RANGES}{HAN_RANGES}])")
+_EN_END = re.compile(r"[.!?][\"'”’)\]]*(?=\s)")
+_NEXT_STARTS = re.compile(rf"\s*[\"'“‘(\[]?[A-Z0-9{KANA_RANGES}{HAN_RANGES}]")
+_LAST_WORD = re.compile(r"(?:^|\s|\()(\S+)$")
+
+
+def _ends_sentence(text: str, end: int, abbreviations: frozenset[str]) -> bool:
+    """Whether the full stop (or ! ?) just before ``end`` closes a sentence: not after an abbreviation ("Sec.",
+    "e.g.", "et al.") or an initial ("J."), and only before a capital, a digit or a Japanese letter."""
+    if not _NEXT_STARTS.match(text, end):
+        return False
+    word = _LAST_WORD.search(text[:end].rstrip("\"'”’)]"))
+    last = word.group(1).lower().lstrip("(\"'“‘[") if word else ""
+    if last in abbreviations or re.fullmatch(r"\(?[a-z]\.", last):
+        return False
+    return not (last == "al." and text[:end].lower().rstrip().endswith("et al."))
+
+
+def split_sentences(text: str, abbreviations: frozenset[str] = frozenset()) -> list[str]:
+    """Whole sentences of one paragraph or item, in order (Japanese and English; abbreviations do not split)."""
+    cuts = {m.end() for m in _JA_END.finditer(text)}
+    cuts |= {m.end() for m in _EN_END.finditer(text) if _ends_sentence(text, m.end(), abbreviations)}
+    out, start = [], 0
+    for cut in sorted(cuts):
+        if text[start:cut].strip():
+            out.append(text[start:cut].strip())
+        start = cut
+    if text[start:].strip():
+        out.append(text[start:].strip())
+    return out

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from bot.answer import check_citations, to_messages
+from bot.compose import support_sentence
 from bot.grounding import Evidence, MissingEvidence
 from bot.pipeline import Pipeline
 from bot.service import AnswerService
+from ingest.terms import chunk_sentences, content_terms, parse_sentence_terms
 
 REPO = Path(__file__).resolve().parents[1]
 DEV = [json.loads(line) for line in (REPO / "corpus" / "dev_set.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -108,3 +110,19 @@ def test_task_claim_cites_a_chunk_naming_the_task_and_marks_its_support(bot_serv
     assert "CoNLL" in cited["support"]  # the sentence that carries the claim's finding
     for citation in answer.citations:
         assert citation["support"] and citation["support"] in citation["text"]
+
+
+def test_supporting_sentences_come_from_terms_stored_at_ingest(bot_service: AnswerService) -> None:
+    """Ingest writes each chunk's sentence terms (one line per sentence) into its metadata; the supporting sentence
+    picked from them is the one picked by tokenising the chunk now, so answers do not change."""
+    answer = bot_service.ask("Sentiment analysis with 200k labelled reviews: LLM or fine-tune?")
+    assert answer.citations
+    chunks = {c.id: c for c in bot_service.store.get_chunks([c["chunk_id"] for c in answer.citations])}
+    for citation in answer.citations:
+        chunk = chunks[citation["chunk_id"]]
+        stored = chunk.metadata["sentence_terms"]
+        sentences = chunk_sentences(chunk.text)
+        assert len(stored.split("\n")) == len(sentences) >= 1
+        assert parse_sentence_terms(stored, sentences) == [content_terms(s) for s in sentences]
+        for claim in (answer.answer, "LLMs underperform fine-tuned models on sentiment analysis"):
+            assert support_sentence(chunk.text, claim, stored) == support_sentence(chunk.text, claim, None)
