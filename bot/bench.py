@@ -336,6 +336,7 @@ def bench(settings: Settings, sizes=SCALE_SIZES, server: bool = True, out_dir: P
     reader_p50, reader_p95 = _reader_latency(service, questions)
 
     _log("dotchi on the dev set, each answer after the embedding floor of its question (interleaved)")
+    service.warm_up()  # as a served instance does
     service.ask(questions[0])  # warm
     floor: list[float] = []
 

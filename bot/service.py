@@ -12,7 +12,7 @@ import numpy as np
 
 from bot.answer import Answer, check_citations, previous_user_message, to_messages
 from bot.compose import content_chunks, evidence_requests, specific_terms
-from bot.engine import Decision, DecisionEngine, asks_about_survey
+from bot.engine import Decision, DecisionEngine, asks_about_survey, compile_phrases
 from bot.grounding import Evidence, Grounding
 from bot.knowledge import load_content_asks, load_flow, load_sources
 from bot.retrieval import HybridRetriever
@@ -73,6 +73,11 @@ class AnswerService:
             self.engine.reader = ensure_reader(settings, self.embedder, self.flow, progress=True)
             self.retriever.token_layer = self.engine.reader.config.part_layer  # one forward pass serves both
             self.turns = ensure_turn_reader(settings, self.embedder)
+
+    def warm_up(self) -> int:
+        """Ready a long-lived process (the UI server, the bench) before its first question: compile the cue
+        patterns. A one-question CLI call skips it. Returns how many patterns are compiled."""
+        return compile_phrases(self.flow)
 
     @property
     def chunk_count(self) -> int:

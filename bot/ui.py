@@ -865,6 +865,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     pipeline = Pipeline.from_settings(settings)
     if pipeline.service.chunk_count == 0:
         print("dotchi: the store is empty; run `make ingest` (or `python -m ingest`) first.", flush=True)
+    pipeline.service.warm_up()
     app = build_app(pipeline)
     app.launch(server_name=host or settings.host, server_port=port or settings.port, auth=_auth(settings.ui_auth),
                prevent_thread_lock=True, quiet=True, show_error=True)
