@@ -100,6 +100,7 @@ _STATED = ("cue", "labels", "multi", "implied", "learned")  # how a condition th
 _MARKERS = re.compile(r"\s?\[\d+\]")
 _MARKERS_N = re.compile(r"\[(\d+)\]")
 _HIRAGANA = re.compile(r"[\u3040-\u309f]+")
+_QUOTED = re.compile(r"“[^”]*”|「[^」]*」")  # the user's words quoted as evidence: not the line's own claim
 
 
 @dataclass
@@ -214,6 +215,16 @@ def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence
     task = decision.task
     deciding = decision.deciding
     flow_label = flow.outcomes[decision.flow_verdict].label[lang] if decision.flow_verdict else ""
+
+    def cite_condition(text: str, sections: Sequence[str]) -> str:
+        """A condition's line cites its sections' best chunk; when the line names the matched task (step 2's
+        "emergent abilities"), the chunk about that task instead, if it lies within the condition's sections."""
+        if task is not None and task.named_in(_QUOTED.sub("", text)):
+            chunk = evidence(task.sections, about=task.id)
+            section = str(chunk.metadata.get("section", "")) if chunk is not None else ""
+            if section and any(section == s or section.startswith(s + ".") for s in sections):
+                return cites.cite(chunk)
+        return cites.cite(evidence(sections))
     if verdict == "depends" and "unknown" in decision.conflicts:
         first_open = next((s for s in decision.path if s.holds is None), decision.path[0])
         lines += [
@@ -232,8 +243,8 @@ def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence
                 )
                 + " "
                 + deciding.condition.description[lang]
-                + cites.cite(evidence(deciding.condition.sections))
             )
+            lines[-1] += cite_condition(lines[-1], deciding.condition.sections)
         if task is not None and ("task" in decision.conflicts or decision.considerations):
             lines.append(
                 "- "
@@ -272,19 +283,16 @@ def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence
                     + ("。" if lang == "ja" else ". ")
                     + cond.description[lang]
                 )
-            lines.append("- " + text + cites.cite(evidence(cond.sections)))
+            lines.append("- " + text + cite_condition(text, cond.sections))
         for state in decision.path:
             if state is deciding:
                 continue
             if state.why in _STATED:
                 template = t["cond_next"] if state.holds else t["cond_no"]
-                lines.append(
-                    "- "
-                    + template.format(
-                        step=state.condition.step, name=state.condition.name[lang], because=_because(state, lang)
-                    )
-                    + cites.cite(evidence(state.condition.sections))
+                text = template.format(
+                    step=state.condition.step, name=state.condition.name[lang], because=_because(state, lang)
                 )
+                lines.append("- " + text + cite_condition(text, state.condition.sections))
         if task is not None:
             name = task.names[lang][0] if task.names[lang] else task.id
             if task.verdict != verdict and not task.generic:  # a finding from another regime: the other side

@@ -39,7 +39,7 @@ class Result:
     seconds: float
     answer: str = ""
     debug: dict = field(default_factory=dict)
-    task_support: tuple[int, int] = (0, 0)  # (answer lines naming the task whose [n] names it too, such lines)
+    task_support: tuple[int, int, int] = (0, 0, 0)  # see ``task_support``
 
     @property
     def section_hit(self) -> bool | None:
@@ -67,24 +67,27 @@ class Result:
         return self.verdict == self.item.get("expected_verdict")
 
 
-def task_support(answer: Answer, flow: DecisionFlow) -> tuple[int, int]:
+def task_support(answer: Answer, flow: DecisionFlow) -> tuple[int, int, int]:
     """Of the answer's lines (not the source list) that name the matched task in their own words (quotes of the
-    question aside) and cite, how many cite a chunk that names the task too: (supported, lines)."""
+    question aside) and cite: how many cite a chunk that names the task or comes from the section of the task's
+    finding (the issue's definition), how many cite a chunk that names it, and how many such lines there are."""
     task = next((t for t in flow.tasks if t.id == answer.task), None)
     if task is None:
-        return 0, 0
-    by_n = {c["n"]: f"{c.get('title', '')} {c.get('text', '')}".lower() for c in answer.citations}
-    supported = total = 0
+        return 0, 0, 0
+    by_n = {c["n"]: c for c in answer.citations}
+    supported = named = total = 0
     for line in answer.answer.split("\n"):
         if re.match(r"^- \[\d+\] ", line):  # the source list
             continue
-        cited = [int(n) for n in re.findall(r"\[(\d+)\]", line)]
+        cited = [by_n[int(n)] for n in re.findall(r"\[(\d+)\]", line) if int(n) in by_n]
         own_words = _QUOTED.sub("", line.lower())  # the user's words quoted as evidence are not the claim
         if not cited or not task.named_in(own_words):
             continue
         total += 1
-        supported += any(task.named_in(by_n.get(n, "")) for n in cited)
-    return supported, total
+        names = any(task.named_in(f"{c.get('title', '')} {c.get('text', '')}") for c in cited)
+        named += names
+        supported += names or any(c.get("section") in task.sections for c in cited)
+    return supported, named, total
 
 
 _QUOTED = re.compile(r"“[^”]*”|「[^」]*」")
@@ -164,6 +167,10 @@ def _rate(values: list[bool]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
 def metrics(results: list[Result]) -> dict:
     verdicts = [r.verdict_ok for r in results if r.verdict_ok is not None]
     hits = [r.section_hit for r in results if r.section_hit is not None]
@@ -181,8 +188,8 @@ def metrics(results: list[Result]) -> dict:
         "false_abstentions": sum(1 for r in did if not r.item.get("expect_abstain")),
         "language_match": _rate([r.language == r.item.get("lang", r.language) for r in results]),
         "invalid_citations": sum(r.invalid for r in results),
-        "reason_support_rate": _rate([True] * sum(r.task_support[0] for r in results)
-                                     + [False] * sum(r.task_support[1] - r.task_support[0] for r in results)),
+        "reason_support_rate": _share(sum(r.task_support[0] for r in results), sum(r.task_support[2] for r in results)),
+        "reason_named_rate": _share(sum(r.task_support[1] for r in results), sum(r.task_support[2] for r in results)),
         # Content answers: covered / listed key points over all questions that list them, and answers covering all.
         "key_point_coverage": round(sum(c for c, _ in points) / sum(t for _, t in points), 4) if points else None,
         "key_points_all": _rate([c == t for c, t in points]),
@@ -225,6 +232,7 @@ def table(summary: dict) -> str:
         "language_match",
         "invalid_citations",
         "reason_support_rate",
+        "reason_named_rate",
         "key_point_coverage",
         "key_points_all",
         "latency_ms_p50",
