@@ -661,7 +661,7 @@ def support_sentence(chunk_text: str, claim: str, stored_terms: str | None = Non
     """The sentence of ``chunk_text`` most like ``claim`` (shared content terms, length-normalised); "" if none
     shares a term. ``stored_terms``: the chunk's ``sentence_terms`` metadata, written at ingest, so the sentences
     need no tokenising here."""
-    claim_terms = content_terms(_MARKERS.sub("", claim))
+    claim_terms = content_terms(_QUOTED.sub("", _MARKERS.sub("", claim)))  # the claim, not the user's words
     best, best_score = "", 0.0
     sentences = chunk_sentences(chunk_text)
     for sentence, terms in zip(sentences, parse_sentence_terms(stored_terms, sentences), strict=True):

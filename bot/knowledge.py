@@ -8,6 +8,7 @@ import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 from bot.text import tokenize
@@ -71,12 +72,14 @@ class Task:
     def named_in(self, text: str) -> bool:
         """Whether ``text`` names this task by any of its names (case-insensitive; Latin names as whole words, so
         "ner" is not found in "general")."""
-        lowered = text.lower()
-        return any(
-            re.search(rf"(?<![a-z0-9]){re.escape(name.lower())}(?![a-z0-9])", lowered)
-            for name in self.all_names
-            if len(name) >= 2
-        )
+        return _names_pattern(self.all_names).search(text.lower()) is not None
+
+
+@cache
+def _names_pattern(names: tuple[str, ...]) -> re.Pattern[str]:
+    """One compiled alternation of a task's names (two characters or more) as whole Latin words."""
+    alternatives = "|".join(re.escape(n.lower()) for n in sorted(names, key=len, reverse=True) if len(n) >= 2)
+    return re.compile(rf"(?<![a-z0-9])(?:{alternatives or '(?!)'})(?![a-z0-9])")
 
 
 @dataclass(frozen=True)
