@@ -169,16 +169,21 @@ class Citations:
         return lines
 
 
+def _user_words(text: str) -> str:
+    """The user's words as quoted in an answer: a "[0]" they typed becomes "［0］", so it is not read as a citation."""
+    return _MARKERS_N.sub(r"［\1］", text)
+
+
 def _because(state: ConditionState, lang: str) -> str:
     t = T[lang]
     if state.why == "cue":
-        return t["because_cue"].format(evidence=state.evidence)
+        return t["because_cue"].format(evidence=_user_words(state.evidence))
     if state.why == "learned" and state.evidence:
-        return t["because_learned"].format(evidence=state.evidence)
+        return t["because_learned"].format(evidence=_user_words(state.evidence))
     if state.why == "labels":
         return t["because_labels"].format(evidence=int(state.evidence))
     if state.why == "multi":
-        return t["because_multi"].format(evidence=state.evidence)
+        return t["because_multi"].format(evidence=_user_words(state.evidence))
     if state.why == "task":
         return t["because_task"]
     if state.why == "implied":

@@ -367,3 +367,13 @@ def test_lone_surrogate_question(bot_service: AnswerService, question: str) -> N
     """A question with an unpaired surrogate (e.g. from a JSON request) should get an answer, not an exception."""
     answer = bot_service.ask(question)
     assert answer.language in {"ja", "en"}
+
+
+@pytest.mark.parametrize("question", ["§[0]000Q", "NER [3] with 50k labels [12]: LLM or fine-tune?"])
+def test_bracketed_numbers_typed_by_the_user_are_not_citations(bot_service: AnswerService, bot_store_ids: set[str],
+                                                               question: str) -> None:
+    """Found by the property test above: a quoted "[0]" from the question was read as a citation marker without a
+    source. Quoted user words carry "［0］" instead."""
+    answer = bot_service.ask(question)
+    assert check_citations(answer, bot_store_ids) == []
+    assert "[0]" not in answer.answer
