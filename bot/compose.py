@@ -13,7 +13,7 @@ from bot.knowledge import ContentAsks, DecisionFlow, Source
 from bot.text import tokenize
 from ingest.chunking import weighted_len
 from ingest.store import StoredChunk
-from ingest.terms import chunk_sentences, content_terms, parse_sentence_terms
+from ingest.terms import HIRAGANA, chunk_sentences, content_terms, parse_sentence_terms
 from ingest.text import CJK, split_sentences
 
 T = {
@@ -99,8 +99,7 @@ FLIP_ANSWER = {"en": {True: "yes", False: "no"}, "ja": {True: "はい", False: "
 _STATED = ("cue", "labels", "multi", "implied", "learned")  # how a condition the question settles was read
 _MARKERS = re.compile(r"\s?\[\d+\]")
 _MARKERS_N = re.compile(r"\[(\d+)\]")
-_HIRAGANA = re.compile(r"[\u3040-\u309f]+")
-_QUOTED = re.compile(r"“[^”]*”|「[^」]*」")  # the user's words quoted as evidence: not the line's own claim
+QUOTED = re.compile(r"“[^”]*”|「[^」]*」")  # the user's words quoted as evidence: not the line's own claim
 
 
 @dataclass
@@ -224,7 +223,7 @@ def compose_decision(decision: Decision, flow: DecisionFlow, lang: str, evidence
     def cite_condition(text: str, sections: Sequence[str]) -> str:
         """A condition's line cites its sections' best chunk; when the line names the matched task (step 2's
         "emergent abilities"), the chunk about that task instead, if it lies within the condition's sections."""
-        if task is not None and task.named_in(_QUOTED.sub("", text)):
+        if task is not None and task.named_in(QUOTED.sub("", text)):
             chunk = evidence(task.sections, about=task.id)
             section = str(chunk.metadata.get("section", "")) if chunk is not None else ""
             if section and any(section == s or section.startswith(s + ".") for s in sections):
@@ -549,7 +548,7 @@ def specific_terms(question: str, asks: ContentAsks) -> set[str]:
         text = text.replace(phrase, " ")
     named = {n for m in asks.named_number.findall(text) for n in m if n}  # "Remark 6", 「図2」, 「4.1節」
     return {t for t in set(tokenize(text)) - asks.generic_terms
-            if (t in named or (len(t) >= 2 and not t.isdigit())) and not _HIRAGANA.fullmatch(t)}
+            if (t in named or (len(t) >= 2 and not t.isdigit())) and not HIRAGANA.fullmatch(t)}
 
 
 def _cite_all(chunks: Sequence[StoredChunk], cites: Citations) -> str:
@@ -666,7 +665,7 @@ def support_sentence(chunk_text: str, claim: str, stored_terms: str | None = Non
     """The sentence of ``chunk_text`` most like ``claim`` (shared content terms, length-normalised); "" if none
     shares a term. ``stored_terms``: the chunk's ``sentence_terms`` metadata, written at ingest, so the sentences
     need no tokenising here."""
-    claim_terms = content_terms(_QUOTED.sub("", _MARKERS.sub("", claim)))  # the claim, not the user's words
+    claim_terms = content_terms(QUOTED.sub("", _MARKERS.sub("", claim)))  # the claim, not the user's words
     best, best_score = "", 0.0
     sentences = chunk_sentences(chunk_text)
     for sentence, terms in zip(sentences, parse_sentence_terms(stored_terms, sentences), strict=True):

@@ -16,7 +16,7 @@ import numpy as np
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from bot.answer import Answer, check_citations
-from bot.compose import T
+from bot.compose import QUOTED, T
 from bot.knowledge import DecisionFlow
 from bot.pipeline import Pipeline
 from bot.service import AnswerService
@@ -80,7 +80,7 @@ def task_support(answer: Answer, flow: DecisionFlow) -> tuple[int, int, int]:
         if re.match(r"^- \[\d+\] ", line):  # the source list
             continue
         cited = [by_n[int(n)] for n in re.findall(r"\[(\d+)\]", line) if int(n) in by_n]
-        own_words = _QUOTED.sub("", line.lower())  # the user's words quoted as evidence are not the claim
+        own_words = QUOTED.sub("", line.lower())  # the user's words quoted as evidence are not the claim
         if not cited or not task.named_in(own_words):
             continue
         total += 1
@@ -88,9 +88,6 @@ def task_support(answer: Answer, flow: DecisionFlow) -> tuple[int, int, int]:
         named += names
         supported += names or any(c.get("section") in task.sections for c in cited)
     return supported, named, total
-
-
-_QUOTED = re.compile(r"“[^”]*”|「[^」]*」")
 
 
 def answered_as(abstained: bool, verdict: str | None) -> str:

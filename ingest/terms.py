@@ -193,13 +193,13 @@ def _tokenize(text: str) -> list[str]:
 # The sources panel marks the sentence of a cited chunk that supports the claim (shared content terms). The terms of
 # every chunk's sentences are written at ingest into the chunk's metadata (``sentence_terms``), so an answer does
 # not tokenise the sentences of the chunks it cites.
-_HIRAGANA = re.compile(r"[\u3040-\u309f]+")
+HIRAGANA = re.compile(r"[\u3040-\u309f]+")  # an all-hiragana token (a particle, an ending) carries no topic
 
 
 @lru_cache(maxsize=8192)
 def content_terms(text: str) -> frozenset[str]:
     """Tokens that carry meaning for matching a claim to a sentence (no one-letter or all-hiragana tokens)."""
-    return frozenset({t for t in tokenize(text) if len(t) >= 2 and not _HIRAGANA.fullmatch(t)})
+    return frozenset({t for t in tokenize(text) if len(t) >= 2 and not HIRAGANA.fullmatch(t)})
 
 
 def chunk_sentences(text: str) -> list[str]:

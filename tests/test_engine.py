@@ -129,7 +129,6 @@ def test_label_count_ignores_digits_in_model_names(text: str) -> None:
     assert label_count(text) is None
 
 
-
 @pytest.mark.parametrize(("text", "count"), [
     ("sorry my bad, its 25 labeled, not 25k. the rest are unlabeled", 25),
     ("we have 40 labelled rows instead of 40k", 40),
@@ -141,6 +140,7 @@ def test_label_count_skips_the_count_a_correction_takes_back(text: str, count: i
     """A correction names the wrong count and the right one: the retracted number does not count, and "200件" is
     not read as the word number "0件"."""
     assert label_count(text) == count
+
 
 # ---------------------------------------------------------------------------------------------- decide
 def test_decide_sentiment_with_many_labels(engine: DecisionEngine) -> None:
