@@ -8,7 +8,7 @@ whether the question switches language, and one indicator per word list of the `
 ``corpus/reader/lexicon.toml`` (openers, why, corrections, added facts, anaphora, ellipsis endings, new-topic markers).
 Cross-validation of each feature block: ``python -m bot train-reader`` (``main``) prints the table.
 
-The model is saved beside the reader's (``<store_path>/../reader/turns.joblib``) and retrained when the turn data,
+The model is saved beside the reader's (``<store_path>/../reader/turns.pkl``) and retrained when the turn data,
 the ``[turns]`` table or ``TURNS_VERSION`` change (their hash is in the model).
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 from scipy import sparse
 
 from bot.knowledge import KnowledgeError, _read_toml, read_jsonl
-from bot.reader import EmbeddingCache, cache_path, model_path
+from bot.reader import EmbeddingCache, cache_path, dump_model, load_model, model_path
 from bot.text import detect_language, normalize_question
 
 TURNS_VERSION = 1
@@ -148,8 +148,8 @@ def turns_hash(corpus_dir: Path) -> str:
 
 
 def turns_model_path(settings) -> Path:
-    """Beside the reader's model: ``<store_path>/../reader/turns.joblib``."""
-    return model_path(settings).with_name("turns.joblib")
+    """Beside the reader's model: ``<store_path>/../reader/turns.pkl``."""
+    return model_path(settings).with_name("turns.pkl")
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -355,8 +355,6 @@ class TurnReader:
     # -------------------------------------------------------------- persistence
     def save(self, path: Path) -> None:
         """Atomic: a crash leaves the old model or the new one."""
-        import joblib
-
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
@@ -369,7 +367,7 @@ class TurnReader:
                 "model": self.model,
                 "n_pairs": self.n_pairs,
             }
-            joblib.dump(blob, tmp, compress=3)
+            dump_model(blob, tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -378,10 +376,8 @@ class TurnReader:
     @classmethod
     def load(cls, path: Path, fingerprint: str) -> TurnReader | None:
         """The saved model, or None when it is missing, unreadable or trained on other data."""
-        import joblib
-
         try:
-            blob = joblib.load(path)
+            blob = load_model(path)
             if (
                 not isinstance(blob, dict)
                 or blob.get("version") != TURNS_VERSION

@@ -186,7 +186,7 @@ def test_retrains_only_when_the_turn_data_changes(tmp_path: Path, make_settings,
     settings = make_settings(corpus_dir=corpus)
     first = ensure_turn_reader(settings, embedder)
     path = turns_model_path(settings)
-    assert path == Path(settings.store_path).parent / "reader" / "turns.joblib"
+    assert path == Path(settings.store_path).parent / "reader" / "turns.pkl"
     stamp = path.stat().st_mtime_ns
     again = ensure_turn_reader(settings, embedder)
     assert path.stat().st_mtime_ns == stamp and again.fingerprint == first.fingerprint  # loaded, not retrained
