@@ -66,6 +66,7 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("ij,jk->ik", a, b) if a.shape[0] <= 16 else a @ b
 
 
+FRAGMENT_QUESTIONS_DEFAULT = 1000
 FEW_ROWS = 8  # Neighbours.raw for at most this many questions without left-out scenarios: by groups of keys
 MAX_SEGMENTS = 12  # a longer question's neighbouring sentences are merged (bounds the sentence-embedding cost)
 
@@ -135,6 +136,10 @@ class ReaderConfig:
     # read by a fragment reader trained on the other two: 0.5 catches 93 of 131 content fragments and loses 8 of
     # 552 decision fragments ("why?", "what if 40 labels?"); 0.8 catches 63 and loses 2; 0.9 catches 50, loses 0.
     follow_up_content_p: float = 0.5
+    # The fragment reader learns from the labelled fragments and this many standalone questions (a fixed sample):
+    # the questions bring wordings the fragments lack ("something that chats with them" is mimic_human). Chosen
+    # on the fragments held out by file (README, "Conversations").
+    fragment_questions: int = FRAGMENT_QUESTIONS_DEFAULT
 
 
 @dataclass
@@ -263,6 +268,10 @@ class Featurizer:
     def n_cues(self) -> int:
         return 2 * len(self.flow.conditions) + 3 + len(self.flow.tasks) + 4 + len(self.flow.considerations)
 
+    @cached_property
+    def _all_task_names(self) -> tuple[str, ...]:
+        return tuple(name for task in self.flow.tasks for name in task.all_names)
+
     def cues(self, text: str, count: int | None | bool = False) -> np.ndarray:
         """Indicator features a hand-written reader would have used as rules. ``count``: the text's label count
         when the caller already read it (``False``: read it here)."""
@@ -275,8 +284,11 @@ class Featurizer:
         row.append(float(any(c in plain for c in self.lexicon.decision_cues)))
         row.append(float(any(c in text for c in self.lexicon.content_cues)))
         row.append(float(any(c in text for c in self.lexicon.survey_words)))
-        for task in self.flow.tasks:
-            row.append(float(any_phrase(text, task.all_names, stemmed)))
+        names = self._all_task_names
+        if any_phrase(text, names, stemmed):  # one search for "names no task at all", the common case is cheap
+            row += [float(any_phrase(text, task.all_names, stemmed)) for task in self.flow.tasks]
+        else:
+            row += [0.0] * len(self.flow.tasks)
         if count is False:
             count = label_count(text, self.lexicon)
         row += [
@@ -290,14 +302,24 @@ class Featurizer:
         return np.asarray(row, dtype=np.float32) * self.config.cue_weight
 
     def fit(self, texts: Sequence[str]) -> Featurizer:
-        self.ngrams.fit([t.lower() for t in texts])
+        lowered = [t.lower() for t in texts]
+        self._fitted = (lowered, self.ngrams.fit_transform(lowered))  # the training rows' n-grams, used once
         return self
 
-    def lexical(self, texts: Sequence[str]) -> sparse.csr_matrix:
+    def lexical(self, texts: Sequence[str], cue_memo: dict[str, np.ndarray] | None = None) -> sparse.csr_matrix:
+        """N-gram and cue columns. ``cue_memo``: cue rows by text, shared by trainings on the same flow and
+        lexicon (the fragment reader's sampled questions, the folds of a cross-validation)."""
         lowered = [t.lower() for t in texts]
-        grams = self.ngrams.transform(lowered)
-        cues = sparse.csr_matrix(np.vstack([self.cues(t) for t in lowered]))
-        return sparse.hstack([grams, cues], format="csr")
+        fitted = self.__dict__.pop("_fitted", None)
+        grams = fitted[1] if fitted is not None and fitted[0] == lowered else self.ngrams.transform(lowered)
+        memo = {} if cue_memo is None else cue_memo
+        rows = []
+        for t in lowered:
+            row = memo.get(t)
+            if row is None:
+                row = memo[t] = self.cues(t)
+            rows.append(row)
+        return sparse.hstack([grams, sparse.csr_matrix(np.vstack(rows))], format="csr")
 
     def _grams(self, lowered: str) -> tuple[np.ndarray, np.ndarray]:
         """One text's tf-idf n-gram entries (sorted columns, values): what ``ngrams.transform`` computes
@@ -342,11 +364,12 @@ class Featurizer:
         vectors: np.ndarray,
         groups: Sequence[str] | None = None,
         pooled: np.ndarray | None = None,
+        cue_memo: dict[str, np.ndarray] | None = None,
     ) -> sparse.csr_matrix:
         """``groups``: the training rows' scenarios (their own scenario is left out of the neighbour features);
         ``pooled``: the rows' pooled sentence scores (SentenceScorer.pool), when the reader has sentence scores."""
         vectors = np.asarray(vectors, dtype=np.float32)
-        blocks = [self.lexical(texts), sparse.csr_matrix(vectors * self.config.embedding_weight)]
+        blocks = [self.lexical(texts, cue_memo), sparse.csr_matrix(vectors * self.config.embedding_weight)]
         if self.neighbours is not None:
             near = self.neighbours.features(vectors, groups) * self.config.neighbour_weight
             blocks.append(sparse.csr_matrix(near.astype(np.float32)))
@@ -366,6 +389,20 @@ def _fit_lr(x, y, c: float, balanced: bool = False, tol: float = 1e-4):
     return model.fit(x, y)
 
 
+def distinct_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct row once, in order of first appearance, and the index of every row's distinct row (what
+    ``np.unique(axis=0)`` gives up to the order, by hashing rows instead of sorting 384 columns: ~4 s -> ~0.1 s)."""
+    first: dict[bytes, int] = {}
+    keep: list[int] = []
+    inverse = np.empty(len(matrix), dtype=np.int64)
+    for i, row in enumerate(matrix):
+        index = first.setdefault(row.tobytes(), len(first))
+        if index == len(keep):
+            keep.append(i)
+        inverse[i] = index
+    return np.ascontiguousarray(matrix[keep]), inverse
+
+
 class Neighbours:
     """How close a question is to the labelled ways of stating each reading: for every key ("cond:<id>=yes",
     "intent=decision", "task=<id>") the highest and the mean of the three highest cosine similarities to labelled
@@ -377,8 +414,7 @@ class Neighbours:
         self.keys = keys
         # Each distinct vector once (a question is a row for its intent, its task and each condition it states):
         # ``vectors[inverse]`` are the rows.
-        rows, inverse = np.unique(np.asarray(vectors, dtype=np.float32), axis=0, return_inverse=True)
-        self.vectors, self.inverse = np.ascontiguousarray(rows), inverse.ravel()
+        self.vectors, self.inverse = distinct_rows(np.asarray(vectors, dtype=np.float32))
         self.columns = [np.flatnonzero(key_index == k) for k in range(len(keys))]
         self.groups = groups
         self.mean = np.zeros(2 * len(keys), dtype=np.float32)
@@ -406,8 +442,10 @@ class Neighbours:
                 if phrase and phrase in spans:
                     add(f"cond:{cid}={value}", spans[phrase], example.scenario)
         out = cls(list(keys), np.vstack(rows).astype(np.float32), np.asarray(index), np.asarray(groups))
-        raw = out.raw(vectors, [e.scenario for e in examples])
+        scenarios = [e.scenario for e in examples]
+        raw = out.raw(vectors, scenarios)
         out.mean, out.std = raw.mean(axis=0), raw.std(axis=0) + 1e-3
+        out._training = (np.asarray(vectors, dtype=np.float32), scenarios, raw)  # used once by the training rows
         return out
 
     def _similarities(self, vectors: np.ndarray) -> np.ndarray:
@@ -459,7 +497,12 @@ class Neighbours:
         return out
 
     def features(self, vectors: np.ndarray, groups: Sequence[str] | None = None) -> np.ndarray:
-        return (self.raw(vectors, groups) - self.mean) / self.std
+        training = self.__dict__.pop("_training", None) if groups is not None else None
+        if training is not None and list(groups) == training[1] and np.array_equal(vectors, training[0]):
+            raw = training[2]
+        else:
+            raw = self.raw(vectors, groups)
+        return (raw - self.mean) / self.std
 
 
 class SentenceScorer:
@@ -670,10 +713,12 @@ class LearnedReader:
         fingerprint: str = "",
         spans: dict[str, np.ndarray] | None = None,
         parts: Callable[[list[str]], list[np.ndarray]] | None = None,
+        cue_memo: dict[str, np.ndarray] | None = None,
     ) -> LearnedReader:
         """``spans``: query embeddings of the labelled evidence phrases (by text), for the neighbour features and
         the sentence scorer; ``parts``: per question, its sentences' vectors pooled from the question's own forward
-        pass (cached), for the sentence scorer (without it every sentence gets the question's vector)."""
+        pass (cached), for the sentence scorer (without it every sentence gets the question's vector);
+        ``cue_memo``: cue rows by text shared with other trainings on the same flow, lexicon and config."""
         config = config or ReaderConfig()
         lexicon = lexicon or load_lexicon()
         texts = [e.text for e in examples]
@@ -688,7 +733,7 @@ class LearnedReader:
                 else [np.repeat(v[None, :], len(part_ranges(t)), axis=0) for t, v in zip(texts, vectors, strict=True)]
             )
             featurizer.sentences, pooled = fit_sentences(flow, examples, segment_vectors, config)
-        x = featurizer.transform(texts, vectors, [e.scenario for e in examples], pooled)
+        x = featurizer.transform(texts, vectors, [e.scenario for e in examples], pooled, cue_memo)
         # (key, rows, labels, C, balanced): independent fits, run on two threads (scipy's sparse products release
         # the GIL), the largest (task) first; each fit is deterministic, so the result does not depend on the order.
         decision_rows = [i for i, e in enumerate(examples) if e.intent == "decision"]
@@ -1055,21 +1100,31 @@ def ensure_reader(settings, embedder, flow: DecisionFlow, progress: bool = False
               file=sys.stderr, flush=True)
     cache = EmbeddingCache(cache_path(settings, embedder))
     layer = ReaderConfig().part_layer
+    cue_memo: dict[str, np.ndarray] = {}  # the fragment reader's sampled questions are the question reader's too
 
     def train(rows: list[Example]) -> LearnedReader:
         parts = cache.parts([e.text for e in rows], embedder.encode_query_tokens, layer, progress)
         vectors = cache.embed([e.text for e in rows], embedder.encode_queries, progress)
         spans = span_vectors(rows, cache, embedder.encode_queries, progress)
         trained = LearnedReader.train(
-            flow, rows, vectors, fingerprint=fingerprint, spans=spans, parts=_lookup(rows, parts)
+            flow, rows, vectors, fingerprint=fingerprint, spans=spans, parts=_lookup(rows, parts), cue_memo=cue_memo
         )
         trained.encode_tokens = embedder.encode_query_tokens
         return trained
 
     reader = train(examples)
-    reader.followups = train(fragments) if fragments else None
+    if fragments:
+        reader.followups = train(fragment_rows(fragments, examples, reader.config.fragment_questions))
     reader.save(path)
     return reader
+
+
+def fragment_rows(fragments: list[Example], questions: Sequence[Example], n_questions: int) -> list[Example]:
+    """What the fragment reader learns from: every labelled fragment and a fixed sample of standalone questions."""
+    if n_questions >= len(questions):
+        return [*fragments, *questions]
+    picked = np.random.default_rng(0).choice(len(questions), n_questions, replace=False)
+    return [*fragments, *(questions[i] for i in sorted(picked.tolist()))]
 
 
 def cached_encoding(text: str, vector: np.ndarray, parts: np.ndarray, layer: int) -> QueryEncoding:
@@ -1137,9 +1192,11 @@ def cross_validate(
     rules = RuleReader(flow, lexicon)
     learned: list[Reading | None] = [None] * len(examples)
     groups = [e.scenario for e in examples]
+    cue_memo: dict[str, np.ndarray] = {}
     for train_idx, test_idx in GroupKFold(n_splits=folds).split(np.zeros(len(examples)), groups=groups):
         reader = LearnedReader.train(
-            flow, [examples[i] for i in train_idx], vectors[train_idx], config, lexicon, spans=spans, parts=parts
+            flow, [examples[i] for i in train_idx], vectors[train_idx], config, lexicon, spans=spans, parts=parts,
+            cue_memo=cue_memo,
         )
         for i in test_idx:
             learned[i] = reader.read(examples[i].text.lower(), encodings[i] if encodings else vectors[i])

@@ -305,3 +305,53 @@ def test_neighbour_features_for_a_few_questions_equal_the_per_key_loop(monkeypat
     loop = near.raw(questions)
     assert few.shape == loop.shape == (3, 2 * len(sizes))
     assert np.allclose(few, loop, atol=1e-6)
+
+
+def test_distinct_rows_give_every_row_back_once_each() -> None:
+    from bot.reader import distinct_rows
+
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(30, 8)).astype(np.float32)
+    matrix = base[rng.integers(0, 30, size=200)]
+    rows, inverse = distinct_rows(matrix)
+    assert len(rows) == len(np.unique(matrix, axis=0))
+    assert np.array_equal(rows[inverse], matrix)
+
+
+def test_fragment_reader_learns_from_every_fragment_and_a_fixed_sample_of_questions() -> None:
+    from bot.reader import Example, fragment_rows
+
+    def example(i: int, kind: str) -> Example:
+        return Example(f"{kind}-{i}", f"s{i}", "en", f"{kind} {i}", "decision", {}, None, [], [], "llm")
+
+    fragments = [example(i, "fragment") for i in range(5)]
+    questions = [example(i, "question") for i in range(50)]
+    rows = fragment_rows(fragments, questions, 10)
+    assert rows[:5] == fragments and len(rows) == 15 and len({e.id for e in rows}) == 15
+    assert [e.id for e in rows] == [e.id for e in fragment_rows(fragments, questions, 10)]  # deterministic
+    assert fragment_rows(fragments, questions, 100) == [*fragments, *questions]
+
+
+def test_training_shortcuts_give_the_features_computed_afresh() -> None:
+    """At training, the n-grams of ``fit`` and the neighbour features of ``build`` are reused for the training rows
+    and cue rows come from a memo: the values equal a fresh computation."""
+    from bot.lexicon import load_lexicon
+    from bot.reader import Example, Featurizer, Neighbours, ReaderConfig
+
+    flow = load_flow(REPO_CORPUS / "decision_flow.toml")
+    texts = ["sentiment with 30 labels", "チャットボットを作りたい", "predict delivery minutes", "NER, 40k labels"]
+    examples = [
+        Example(f"x{i}", f"s{i % 2}", "en", t, "decision", {"few_labels": "yes"} if i % 2 else {}, None, [], [], None)
+        for i, t in enumerate(texts)
+    ]
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(len(texts), 16)).astype(np.float32)
+    groups = [e.scenario for e in examples]
+    memo: dict[str, np.ndarray] = {}
+    featurizer = Featurizer(flow, load_lexicon(), ReaderConfig()).fit(texts)
+    featurizer.neighbours = Neighbours.build(examples, vectors, {})
+    reused = featurizer.transform(texts, vectors, groups, cue_memo=memo).toarray()
+    assert set(memo) == {t.lower() for t in texts}
+    afresh = featurizer.transform(texts, vectors, groups).toarray()  # nothing left to reuse: computed again
+    assert not hasattr(featurizer, "_fitted") and not hasattr(featurizer.neighbours, "_training")
+    assert np.allclose(reused, afresh, atol=1e-6)
