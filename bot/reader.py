@@ -68,8 +68,11 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return a @ b
     import torch  # loaded with the embedding model already
 
-    left = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-    return torch.mm(left, torch.from_numpy(np.asarray(b, dtype=np.float32))).numpy()
+    left = torch.from_numpy(np.array(a, dtype=np.float32, order="C"))  # a copy: query vectors may be read-only
+    right = np.asarray(b, dtype=np.float32)
+    if not right.flags.writeable:  # torch warns on read-only arrays even though mm only reads them
+        right = right.copy()
+    return torch.mm(left, torch.from_numpy(right)).numpy()
 
 
 FRAGMENT_QUESTIONS_DEFAULT = 1000
