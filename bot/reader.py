@@ -75,7 +75,6 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return torch.mm(left, torch.from_numpy(right)).numpy()
 
 
-FRAGMENT_QUESTIONS_DEFAULT = 1000
 FEW_ROWS = 8  # Neighbours.raw for at most this many questions without left-out scenarios: by groups of keys
 MAX_SEGMENTS = 12  # a longer question's neighbouring sentences are merged (bounds the sentence-embedding cost)
 
@@ -150,7 +149,7 @@ class ReaderConfig:
     # the questions bring wordings the fragments lack ("something that chats with them" is mimic_human). Each
     # followups file held out (927 decision, 187 content fragments), all conditions right: 0 questions 63.0 %,
     # 500 66.2 %, 1,000 68.9 %, 1,500 67.3 %, 3,000 68.5 %; 1,000 keeps train-reader near a minute.
-    fragment_questions: int = FRAGMENT_QUESTIONS_DEFAULT
+    fragment_questions: int = 1000
 
 
 @dataclass
