@@ -243,7 +243,7 @@ class RuleReader:
             if alias:
                 lexical.append((task, 1.0 + len(alias) / 100))
                 continue
-            partial = max((_coverage(_terms(name), terms) for name in task.all_names), default=0.0)
+            partial = max((_coverage(names, terms) for names in _alias_terms(task.all_names)), default=0.0)
             if partial:
                 lexical.append((task, 1.0 + min(partial, 18.0) / 2000))  # always ranks below a whole-alias match
         if lexical:
@@ -442,6 +442,12 @@ class DecisionEngine:
 
 def _terms(text: str) -> frozenset[str]:
     return frozenset(tokenize_cached(text))  # tokenize already stems
+
+
+@cache
+def _alias_terms(names: tuple[str, ...]) -> tuple[frozenset[str], ...]:
+    """The term sets of a task's aliases that ``_coverage`` can match (three or more terms), computed once."""
+    return tuple(terms for name in names if len(terms := _terms(name)) >= 3)
 
 
 def _coverage(alias_terms: frozenset[str], question_terms: frozenset[str]) -> float:

@@ -311,17 +311,23 @@ class Featurizer:
             row.append(float(any_phrase(text, cons.cues, stemmed)))
         return np.asarray(row, dtype=np.float32) * self.config.cue_weight
 
-    def fit(self, texts: Sequence[str]) -> Featurizer:
-        lowered = [t.lower() for t in texts]
-        self._fitted = (lowered, self.ngrams.fit_transform(lowered))  # the training rows' n-grams, used once
-        return self
+    def fit(self, texts: Sequence[str]) -> sparse.csr_matrix:
+        """Fit the n-gram vocabulary on the training texts; returns their n-gram rows (``transform``'s ``grams``
+        for those same texts, so they are not computed twice)."""
+        return self.ngrams.fit_transform([t.lower() for t in texts])
 
-    def lexical(self, texts: Sequence[str], cue_memo: dict[str, np.ndarray] | None = None) -> sparse.csr_matrix:
+    def lexical(
+        self,
+        texts: Sequence[str],
+        cue_memo: dict[str, np.ndarray] | None = None,
+        grams: sparse.csr_matrix | None = None,
+    ) -> sparse.csr_matrix:
         """N-gram and cue columns. ``cue_memo``: cue rows by text, shared by trainings on the same flow and
-        lexicon (the fragment reader's sampled questions, the folds of a cross-validation)."""
+        lexicon (the fragment reader's sampled questions, the folds of a cross-validation); ``grams``: the texts'
+        n-gram rows when already known (what ``fit`` returned)."""
         lowered = [t.lower() for t in texts]
-        fitted = self.__dict__.pop("_fitted", None)
-        grams = fitted[1] if fitted is not None and fitted[0] == lowered else self.ngrams.transform(lowered)
+        if grams is None:
+            grams = self.ngrams.transform(lowered)
         memo = {} if cue_memo is None else cue_memo
         rows = []
         for t in lowered:
@@ -375,13 +381,17 @@ class Featurizer:
         groups: Sequence[str] | None = None,
         pooled: np.ndarray | None = None,
         cue_memo: dict[str, np.ndarray] | None = None,
+        grams: sparse.csr_matrix | None = None,
+        near_raw: np.ndarray | None = None,
     ) -> sparse.csr_matrix:
         """``groups``: the training rows' scenarios (their own scenario is left out of the neighbour features);
-        ``pooled``: the rows' pooled sentence scores (SentenceScorer.pool), when the reader has sentence scores."""
+        ``pooled``: the rows' pooled sentence scores (SentenceScorer.pool), when the reader has sentence scores;
+        ``grams`` and ``near_raw``: the rows' n-grams and raw neighbour features when already computed (what
+        ``fit`` and ``Neighbours.build`` return for the training rows)."""
         vectors = np.asarray(vectors, dtype=np.float32)
-        blocks = [self.lexical(texts, cue_memo), sparse.csr_matrix(vectors * self.config.embedding_weight)]
+        blocks = [self.lexical(texts, cue_memo, grams), sparse.csr_matrix(vectors * self.config.embedding_weight)]
         if self.neighbours is not None:
-            near = self.neighbours.features(vectors, groups) * self.config.neighbour_weight
+            near = self.neighbours.features(vectors, groups, near_raw) * self.config.neighbour_weight
             blocks.append(sparse.csr_matrix(near.astype(np.float32)))
         if self.sentences is not None:
             if pooled is None:
@@ -431,7 +441,11 @@ class Neighbours:
         self.std = np.ones(2 * len(keys), dtype=np.float32)
 
     @classmethod
-    def build(cls, examples: Sequence[Example], vectors: np.ndarray, spans: dict[str, np.ndarray]) -> Neighbours:
+    def build(
+        cls, examples: Sequence[Example], vectors: np.ndarray, spans: dict[str, np.ndarray]
+    ) -> tuple[Neighbours, np.ndarray]:
+        """The neighbours of the labelled rows, and the examples' own raw features (their scenario left out), which
+        standardise every later read and are ``features``' ``raw`` for the training rows."""
         keys: dict[str, int] = {}
         rows: list[np.ndarray] = []
         index: list[int] = []
@@ -455,8 +469,7 @@ class Neighbours:
         scenarios = [e.scenario for e in examples]
         raw = out.raw(vectors, scenarios)
         out.mean, out.std = raw.mean(axis=0), raw.std(axis=0) + 1e-3
-        out._training = (np.asarray(vectors, dtype=np.float32), scenarios, raw)  # used once by the training rows
-        return out
+        return out, raw
 
     def _similarities(self, vectors: np.ndarray) -> np.ndarray:
         """Cosine similarity to every row, computed once per distinct vector."""
@@ -506,11 +519,11 @@ class Neighbours:
             out[:, 2 * k + 1] = top.sum(axis=1) / top.shape[1]
         return out
 
-    def features(self, vectors: np.ndarray, groups: Sequence[str] | None = None) -> np.ndarray:
-        training = self.__dict__.pop("_training", None) if groups is not None else None
-        if training is not None and list(groups) == training[1] and np.array_equal(vectors, training[0]):
-            raw = training[2]
-        else:
+    def features(
+        self, vectors: np.ndarray, groups: Sequence[str] | None = None, raw: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Standardised neighbour features; ``raw``: these rows' ``raw`` when already computed."""
+        if raw is None:
             raw = self.raw(vectors, groups)
         return (raw - self.mean) / self.std
 
@@ -732,8 +745,11 @@ class LearnedReader:
         config = config or ReaderConfig()
         lexicon = lexicon or load_lexicon()
         texts = [e.text for e in examples]
-        featurizer = Featurizer(flow, lexicon, config).fit(texts)
-        featurizer.neighbours = Neighbours.build(examples, vectors, spans or {}) if config.neighbours else None
+        featurizer = Featurizer(flow, lexicon, config)
+        grams = featurizer.fit(texts)
+        near_raw = None
+        if config.neighbours:
+            featurizer.neighbours, near_raw = Neighbours.build(examples, vectors, spans or {})
         featurizer.dimension = int(vectors.shape[1])
         pooled = None
         if config.sentences:
@@ -743,7 +759,7 @@ class LearnedReader:
                 else [np.repeat(v[None, :], len(part_ranges(t)), axis=0) for t, v in zip(texts, vectors, strict=True)]
             )
             featurizer.sentences, pooled = fit_sentences(flow, examples, segment_vectors, config)
-        x = featurizer.transform(texts, vectors, [e.scenario for e in examples], pooled, cue_memo)
+        x = featurizer.transform(texts, vectors, [e.scenario for e in examples], pooled, cue_memo, grams, near_raw)
         # (key, rows, labels, C, balanced): independent fits, run on two threads (scipy's sparse products release
         # the GIL), the largest (task) first; each fit is deterministic, so the result does not depend on the order.
         decision_rows = [i for i, e in enumerate(examples) if e.intent == "decision"]

@@ -348,10 +348,11 @@ def test_training_shortcuts_give_the_features_computed_afresh() -> None:
     vectors = rng.normal(size=(len(texts), 16)).astype(np.float32)
     groups = [e.scenario for e in examples]
     memo: dict[str, np.ndarray] = {}
-    featurizer = Featurizer(flow, load_lexicon(), ReaderConfig()).fit(texts)
-    featurizer.neighbours = Neighbours.build(examples, vectors, {})
-    reused = featurizer.transform(texts, vectors, groups, cue_memo=memo).toarray()
+    featurizer = Featurizer(flow, load_lexicon(), ReaderConfig())
+    grams = featurizer.fit(texts)
+    featurizer.neighbours, near_raw = Neighbours.build(examples, vectors, {})
+    reused = featurizer.transform(texts, vectors, groups, cue_memo=memo, grams=grams, near_raw=near_raw).toarray()
     assert set(memo) == {t.lower() for t in texts}
-    afresh = featurizer.transform(texts, vectors, groups).toarray()  # nothing left to reuse: computed again
-    assert not hasattr(featurizer, "_fitted") and not hasattr(featurizer.neighbours, "_training")
+    afresh = featurizer.transform(texts, vectors, groups).toarray()  # nothing passed in: computed again
     assert np.allclose(reused, afresh, atol=1e-6)
+    assert not np.allclose(afresh, featurizer.transform(texts, vectors).toarray(), atol=1e-6)  # groups matter
