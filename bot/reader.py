@@ -40,7 +40,7 @@ from ingest.embeddings import QueryEncoding
 
 QueryVector = np.ndarray | QueryEncoding  # a question's embedding, with its token vectors when the caller has them
 
-READER_VERSION = 5
+READER_VERSION = 6
 VALUES = ("no", "unstated", "yes")
 INTENTS = ("content", "decision", "offtopic")
 NO_TASK = "-"
@@ -291,9 +291,12 @@ class Featurizer:
             row.append(float(any_phrase(text, cond.cues_yes, stemmed)))
             row.append(float(any_phrase(text, cond.cues_no, stemmed)))
         plain = re.sub(r"[,、]", "", text)
-        row.append(float(any(c in plain for c in self.lexicon.decision_cues)))
+        decision = any(c in plain for c in self.lexicon.decision_cues)
+        survey = any(c in text for c in self.lexicon.survey_words)
+        row.append(float(decision))
         row.append(float(any(c in text for c in self.lexicon.content_cues)))
-        row.append(float(any(c in text for c in self.lexicon.survey_words)))
+        row.append(float(survey))
+        row.append(float(decision and not survey))  # asks for a choice without asking what the survey says
         names = self._all_task_names
         if any_phrase(text, names, stemmed):  # one search for "names no task at all", the common case is cheap
             row += [float(any_phrase(text, task.all_names, stemmed)) for task in self.flow.tasks]
@@ -693,13 +696,15 @@ class LearnedReader:
         # sklearn's predict_proba validates its input on every call (~2 ms each, 18 models): keep the weights.
         # All models' weights side by side: one sparse product per question scores every output at once.
         fitted = [(key, m) for key, m in models.items() if m is not None]
-        self._coef = np.hstack([m.coef_.T for _, m in fitted]).astype(np.float32) if fitted else None
+        self._coef = np.hstack([m.coef_.T for _, m in fitted]).astype(np.float32, copy=False) if fitted else None
         self._intercept = np.concatenate([m.intercept_ for _, m in fitted]).astype(np.float32) if fitted else None
         self._slices: dict[str, tuple[slice, list[str]]] = {}
         start = 0
         for key, m in fitted:
             width = m.coef_.shape[0]
             self._slices[key] = (slice(start, start + width), [str(c) for c in m.classes_])
+            if m.coef_.dtype == np.float32:  # the model's weights become a view of the stack: held once, not twice
+                m.coef_ = self._coef[:, start : start + width].T
             start += width
         self._scored: tuple[object, np.ndarray] | None = None
 
