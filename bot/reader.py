@@ -696,7 +696,9 @@ class LearnedReader:
         # sklearn's predict_proba validates its input on every call (~2 ms each, 18 models): keep the weights.
         # All models' weights side by side: one sparse product per question scores every output at once.
         fitted = [(key, m) for key, m in models.items() if m is not None]
-        self._coef = np.hstack([m.coef_.T for _, m in fitted]).astype(np.float32, copy=False) if fitted else None
+        # Row-major (a sparse row times a column-major stack took ~10 ms instead of ~0.02 ms).
+        stacked = np.hstack([m.coef_.T for _, m in fitted]) if fitted else None
+        self._coef = np.ascontiguousarray(stacked, dtype=np.float32) if stacked is not None else None
         self._intercept = np.concatenate([m.intercept_ for _, m in fitted]).astype(np.float32) if fitted else None
         self._slices: dict[str, tuple[slice, list[str]]] = {}
         start = 0
