@@ -270,14 +270,6 @@ class Featurizer:
             dtype=np.float32,
         )
 
-    @property
-    def n_lexical(self) -> int:
-        return len(self.ngrams.vocabulary_) + self.n_cues
-
-    @property
-    def n_cues(self) -> int:
-        return 2 * len(self.flow.conditions) + 3 + len(self.flow.tasks) + 4 + len(self.flow.considerations)
-
     @cached_property
     def _all_task_names(self) -> tuple[str, ...]:
         return tuple(name for task in self.flow.tasks for name in task.all_names)
