@@ -279,8 +279,7 @@ class RuleReader:
     def intent(self, text: str, task_hit: bool, cue_hit: bool) -> str:
         """A request for a verdict: asks to choose, or describes a task/situation without asking what the
         survey says. A bare choice with nothing to go on is still a decision question (answered 'depends')."""
-        plain = re.sub(r"[,、]", "", text)
-        if any(c in plain for c in self.lexicon.decision_cues) and not asks_about_survey(text, self.lexicon):
+        if asks_to_choose(text, self.lexicon) and not asks_about_survey(text, self.lexicon):
             return "decision"
         if any(c in text for c in self.lexicon.content_cues):
             return "content"
@@ -460,6 +459,12 @@ def _coverage(alias_terms: frozenset[str], question_terms: frozenset[str]) -> fl
     if len(found) < 2 or len(found) * 3 < len(alias_terms) * 2:
         return 0.0
     return float(sum(len(t) for t in found))
+
+
+def asks_to_choose(text: str, lexicon: Lexicon | None = None) -> bool:
+    """Whether the text asks for a choice (a decision cue, read with commas removed: "LLM, or fine-tune?")."""
+    plain = re.sub(r"[,、]", "", text)
+    return any(c in plain for c in (lexicon or load_lexicon()).decision_cues)
 
 
 def asks_about_survey(text: str, lexicon: Lexicon | None = None) -> bool:

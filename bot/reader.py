@@ -29,6 +29,8 @@ from bot.engine import (
     RuleReader,
     _longest,
     any_phrase,
+    asks_about_survey,
+    asks_to_choose,
     label_count,
     numeric_state,
     stem_text,
@@ -282,9 +284,8 @@ class Featurizer:
         for cond in self.flow.conditions:
             row.append(float(any_phrase(text, cond.cues_yes, stemmed)))
             row.append(float(any_phrase(text, cond.cues_no, stemmed)))
-        plain = re.sub(r"[,、]", "", text)
-        decision = any(c in plain for c in self.lexicon.decision_cues)
-        survey = any(c in text for c in self.lexicon.survey_words)
+        decision = asks_to_choose(text, self.lexicon)
+        survey = asks_about_survey(text, self.lexicon)
         row.append(float(decision))
         row.append(float(any(c in text for c in self.lexicon.content_cues)))
         row.append(float(survey))
@@ -689,8 +690,9 @@ class LearnedReader:
         # All models' weights side by side: one sparse product per question scores every output at once.
         fitted = [(key, m) for key, m in models.items() if m is not None]
         # Row-major (a sparse row times a column-major stack took ~10 ms instead of ~0.02 ms).
-        stacked = np.hstack([m.coef_.T for _, m in fitted]) if fitted else None
-        self._coef = np.ascontiguousarray(stacked, dtype=np.float32) if stacked is not None else None
+        self._coef = (
+            np.ascontiguousarray(np.hstack([m.coef_.T for _, m in fitted]), dtype=np.float32) if fitted else None
+        )
         self._intercept = np.concatenate([m.intercept_ for _, m in fitted]).astype(np.float32) if fitted else None
         self._slices: dict[str, tuple[slice, list[str]]] = {}
         start = 0
