@@ -170,7 +170,7 @@ def _fill(store: ChunkStore, service: AnswerService, size: int, rows: list[Row])
     for row in _synthetic(service, size):
         batch.append(row)
         if tokenise:
-            rows.append(row_for(row[0], row[1], row[2]))
+            rows.append(row_for(*row))
         if len(batch) == 5000:
             store.add_chunks(*map(list, zip(*batch, strict=True)))
             batch = []

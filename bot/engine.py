@@ -110,15 +110,20 @@ def _phrase_pattern(phrase: str) -> tuple[re.Pattern[str], str | None]:
 
 
 def compile_phrases(flow: DecisionFlow) -> int:
-    """Compile every cue and alias pattern of ``flow`` now (about 750, some 100 ms). A served process does this
-    before its first question: compiled on first use, they were a twentieth of each answer's time over its first
-    few dozen questions. Returns how many patterns are compiled."""
-    phrases = [p for c in flow.conditions for p in (*c.cues_yes, *c.cues_no)]
-    phrases += [p for c in flow.considerations for p in c.cues] + [n for t in flow.tasks for n in t.all_names]
-    for phrase in phrases:
-        if phrase.isascii():
-            _phrase_pattern(phrase)
-    return _phrase_pattern.cache_info().currsize
+    """Compile every cue and alias pattern of ``flow`` now, one by one and grouped as ``any_phrase`` searches them
+    (about 900, some 200 ms). A served process does this before its first question: compiled on first use, they
+    were a twentieth of each answer's time over its first few dozen questions. Returns how many are compiled."""
+    groups = [g for c in flow.conditions for g in (c.cues_yes, c.cues_no)]
+    groups += [c.cues for c in flow.considerations] + [t.all_names for t in flow.tasks]
+    groups.append(tuple(n for t in flow.tasks for n in t.all_names))  # the readers' "names any task" group
+    for group in groups:
+        _group_patterns(tuple(group))  # the grouped patterns ``any_phrase`` searches with
+        for phrase in group:
+            if phrase.isascii():
+                _phrase_pattern(phrase)
+    for task in flow.tasks:
+        task.named_in("")  # compiles the task's names pattern (the evidence step asks which chunks name it)
+    return _phrase_pattern.cache_info().currsize + _group_patterns.cache_info().currsize + len(flow.tasks)
 
 
 def _contains(text: str, phrase: str, stemmed: str | None = None) -> bool:

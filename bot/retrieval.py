@@ -33,6 +33,29 @@ class Hit:
     ranks: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class Ranking:
+    """Chunk ids best first with their fused scores; ``hits`` reads the texts of the best ones."""
+
+    cache: ChunkCache
+    ranked: list[str]
+    fused: dict[str, list]  # chunk id -> [score, dense, bm25, ranks]
+
+    def top_dense(self, k: int) -> float:
+        """The best cosine similarity among the ``k`` best-ranked chunks (0 when there are none)."""
+        return max((self.fused[cid][1] for cid in self.ranked[:k]), default=0.0)
+
+    def hits(self, k: int) -> list[Hit]:
+        """The ``k`` best chunks with their texts; a chunk deleted since the index was opened (a re-ingest) is
+        skipped and the next one taken."""
+        hits: list[Hit] = []
+        ranked = self.ranked
+        while len(hits) < k and ranked:
+            wanted, ranked = ranked[: k - len(hits)], ranked[k - len(hits):]
+            hits += [Hit(chunk, *self.fused[chunk.id]) for chunk in self.cache.get(wanted)]
+        return hits
+
+
 class LiveChunks(Sequence[StoredChunk]):
     """The live chunks in keyword-index row order. ``len()`` comes from the index; the texts are read from the store
     only when the sequence is iterated or indexed (eval, bench, tests) — the answer path never does that."""
@@ -103,6 +126,25 @@ class SectionChunks:
         return [(chunks[i], float(sims[i])) for i in order]
 
 
+def exact_dense_by_language(
+    index: KeywordIndex, vectors: np.ndarray, vector: np.ndarray, per_list: int
+) -> dict[str, list[tuple[str, float]]]:
+    """The best ``per_list`` rows of each language by cosine similarity (the vectors are unit length), ties by
+    row; as (chunk id, similarity)."""
+    sims = np.asarray(vectors @ np.asarray(vector, dtype=np.float32))
+    codes = np.asarray(index.a["row_lang"])
+    out: dict[str, list[tuple[str, float]]] = {}
+    for code, lang in enumerate(index.meta["langs"]):
+        rows = np.flatnonzero(codes == code)
+        if not len(rows):
+            continue
+        if len(rows) > per_list:
+            rows = rows[np.argpartition(-sims[rows], per_list - 1)[:per_list]]
+        rows = rows[np.lexsort((rows, -sims[rows]))]
+        out[lang] = [(index.chunk_id(int(r)), float(sims[r])) for r in rows]
+    return out
+
+
 class ChunkCache:
     """The chunks the last searches returned, by id (at most ``size``, least recently used dropped): the same
     passages come back question after question, and a store read costs more than the rest of the fusion. One
@@ -153,14 +195,17 @@ class HybridRetriever:
         per_list: int = 20,
         check_interval: float = 5.0,
         dense_filter_max_chunks: int = 5_000,
+        exact_dense_max_chunks: int = 20_000,
     ) -> None:
-        """``rrf_k``, ``per_list``, ``dense_filter_max_chunks``: Settings.rrf_k, Settings.retrieval_per_list and
-        Settings.dense_filter_max_chunks; ``check_interval``: seconds between checks for a re-ingested store."""
+        """``rrf_k``, ``per_list``, ``dense_filter_max_chunks``, ``exact_dense_max_chunks``: the Settings fields of
+        those names (``per_list``: retrieval_per_list); ``check_interval``: seconds between checks for a
+        re-ingested store."""
         self.store = store
         self.embedder = embedder
         self.rrf_k = rrf_k
         self.per_list = per_list
         self.dense_filter_max_chunks = dense_filter_max_chunks
+        self.exact_dense_max_chunks = exact_dense_max_chunks
         self.check_interval = check_interval
         self._lock = threading.Lock()
         self._vectors_lock = threading.Lock()
@@ -233,13 +278,23 @@ class HybridRetriever:
         vector: np.ndarray | None = None,
         per_list: int | None = None,
     ) -> list[Hit]:
-        """Fuse dense-per-language and BM25 rankings with reciprocal rank fusion."""
+        """Fuse dense-per-language and BM25 rankings with reciprocal rank fusion; the best ``k`` with their texts."""
+        return self.rank(question, extra_terms, vector, per_list).hits(k)
+
+    def rank(
+        self,
+        question: str,
+        extra_terms: list[str] | None = None,
+        vector: np.ndarray | None = None,
+        per_list: int | None = None,
+    ) -> Ranking:
+        """The fused ranking of chunk ids (no texts read yet: an answer that cites none never fetches them)."""
         view = self._current()
+        fused: dict[str, list] = {}  # chunk id -> [score, dense, bm25, ranks]
         if not len(view.index):
-            return []
+            return Ranking(view.cache, [], fused)
         vector = self.embed_query(question) if vector is None else vector
         per_list = per_list or self.per_list
-        fused: dict[str, list] = {}  # chunk id -> [score, dense, bm25, ranks]
 
         def add(chunk_id: str, rank: int, source: str, dense: float = 0.0, bm25: float = 0.0) -> None:
             entry = fused.setdefault(chunk_id, [0.0, 0.0, 0.0, {}])
@@ -253,12 +308,7 @@ class HybridRetriever:
         for rank, (row, score) in enumerate(view.index.top(tokenize(question) + list(extra_terms or []), per_list), 1):
             add(view.index.chunk_id(row), rank, "bm25", bm25=score)
         ranked = sorted(fused, key=lambda cid: -fused[cid][0])  # stable: ties keep the order the lists gave
-        # Texts for the kept hits only; a chunk deleted since the index was opened (a re-ingest) is skipped.
-        hits: list[Hit] = []
-        while len(hits) < k and ranked:
-            wanted, ranked = ranked[: k - len(hits)], ranked[k - len(hits):]
-            hits += [Hit(chunk, *fused[chunk.id]) for chunk in view.cache.get(wanted)]
-        return hits
+        return Ranking(view.cache, ranked, fused)
 
     def dense_ids_by_language(
         self, view: _View, vector: np.ndarray, per_list: int
@@ -269,8 +319,15 @@ class HybridRetriever:
         query, so each list is what a filtered query gives (a language with ``per_list`` hits in the merged list
         has its best ones there), up to the approximate index ordering a near-tie at the tail differently. On a
         larger store a short language just has a shorter list (BM25 still ranks it). Chroma returns ids and
-        distances only; liveness and language come from the keyword index of the same view."""
+        distances only; liveness and language come from the keyword index of the same view.
+
+        A store of at most ``exact_dense_max_chunks`` live chunks whose index holds the rows' vectors is searched
+        exactly in memory instead (one product with the memory-mapped vectors, no Chroma call): the lists are
+        what the filtered queries approximate."""
         languages = view.index.languages or ["en"]
+        vectors = view.index.vectors if len(view.index) <= self.exact_dense_max_chunks else None
+        if vectors is not None and vectors.shape[1] == len(vector):
+            return exact_dense_by_language(view.index, vectors, vector, per_list)
         out: dict[str, list[tuple[str, float]]] = {lang: [] for lang in languages}
 
         def keep(found: list[tuple[str, float]]) -> None:

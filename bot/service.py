@@ -54,6 +54,7 @@ class AnswerService:
         self.retriever = HybridRetriever(
             self.store, self.embedder, rrf_k=settings.rrf_k, per_list=settings.retrieval_per_list,
             dense_filter_max_chunks=settings.dense_filter_max_chunks,
+            exact_dense_max_chunks=settings.exact_dense_max_chunks,
         )
         self.flow = load_flow(settings.corpus_dir / "decision_flow.toml")
         self.sources = load_sources(settings.corpus_dir / "sources.toml")
@@ -157,17 +158,15 @@ class AnswerService:
         reading = decision.reading
         _restore_case(decision, text, lowered)
         extra = [name for t in ([decision.task] if decision.task else []) for name in t.all_names[:6]]
-        hits = self.retriever.search(
-            text, k=self.settings.retrieval_k, extra_terms=tokenize(" ".join(extra)), vector=vector
-        )
-        top_dense = max((h.dense for h in hits), default=0.0)
+        ranking = self.retriever.rank(text, extra_terms=tokenize(" ".join(extra)), vector=vector)
+        top_dense = ranking.top_dense(self.settings.retrieval_k)
         matched = reading.intent != "offtopic" and (
             reading.task_named or decision.cue_hit or asks_about_survey(lowered)
             or (reading.reader == "learned" and reading.intent == "content" and reading.intent_p >= self.gate.content_p)
         )
         read_offtopic = reading.intent == "offtopic" and reading.intent_p >= self.gate.offtopic_p
         in_scope = (
-            bool(hits)
+            bool(ranking.ranked)
             and not read_offtopic
             and (top_dense >= self.gate.accept or (top_dense >= self.gate.with_match and matched))
         )
@@ -194,7 +193,8 @@ class AnswerService:
                 if (found := self.retriever.best_in_sections(vector, [section], self.flow.doc_id, lang))
             ]
             grounding.content = content_chunks(
-                hits, lang, self.flow.doc_id, first=referenced, terms=frozenset(specific_terms(text, self.asks))
+                ranking.hits(self.settings.retrieval_k), lang, self.flow.doc_id, first=referenced,
+                terms=frozenset(specific_terms(text, self.asks)),
             )
             grounding.cards = self.card_chunks(grounding.content)
         return grounding

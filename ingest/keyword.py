@@ -9,7 +9,9 @@ store — reusing the rows of generations it already has, tokenising only the mi
 
 Layout (all ``.npy`` files are opened memory-mapped): ``meta.json`` (digest, generations, language and section
 tables, vocabulary), per-row arrays (chunk id, generation, language, section), the term counts (CSR, used to
-update) and the precomputed BM25 weights (CSC, one column per term: a query reads only its terms' columns).
+update), the precomputed BM25 weights (CSC, one column per term: a query reads only its terms' columns) and the
+rows' stored embeddings (``vectors``, float32, one row per chunk; zero columns when some row's vector is unknown), so
+a small store is searched exactly in memory instead of by a Chroma query per question.
 """
 
 from __future__ import annotations
@@ -29,15 +31,16 @@ from scipy import sparse
 from ingest.store import ChunkStore
 from ingest.terms import tokenize
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the rows' embeddings (``vectors``)
 K1, B = 1.2, 0.75
 _ARRAYS = ("ids", "row_group", "row_lang", "row_section", "tf_data", "tf_indices", "tf_indptr",
-           "w_data", "w_indices", "w_indptr")
+           "w_data", "w_indices", "w_indptr", "vectors")
 
 
 @dataclass(frozen=True)
 class Row:
-    """One chunk as the index needs it: its id, the generation it belongs to, language, section and BM25 terms."""
+    """One chunk as the index needs it: its id, the generation it belongs to, language, section, BM25 terms and
+    the embedding the store holds for it (None when unknown: the index then keeps no vectors)."""
 
     chunk_id: str
     source_path: str
@@ -45,6 +48,7 @@ class Row:
     lang: str
     section: str
     terms: list[str]
+    vector: np.ndarray | None = None
 
 
 def indexed_text(title: str, text: str) -> str:
@@ -52,11 +56,19 @@ def indexed_text(title: str, text: str) -> str:
     return f"{title}\n{text}" if title else text
 
 
-def row_for(chunk_id: str, text: str, metadata: dict) -> Row:
-    """Tokenise one stored chunk into an index row."""
+def row_for(chunk_id: str, text: str, metadata: dict, vector=None) -> Row:
+    """Tokenise one stored chunk into an index row (``vector``: its stored embedding, when known)."""
     return Row(chunk_id, str(metadata.get("source_path", "")), str(metadata.get("generation", "")),
                str(metadata.get("lang", "en")), str(metadata.get("section", "")),
-               tokenize(indexed_text(str(metadata.get("title", "")), text)))
+               tokenize(indexed_text(str(metadata.get("title", "")), text)),
+               None if vector is None else np.asarray(vector, dtype=np.float32))
+
+
+def _row_vectors(rows: list[Row]) -> np.ndarray:
+    """The rows' embeddings stacked, or an (n, 0) array when any is unknown or they differ in size."""
+    if rows and all(r.vector is not None for r in rows) and len({r.vector.shape for r in rows}) == 1:
+        return np.vstack([r.vector for r in rows]).astype(np.float32)
+    return np.zeros((len(rows), 0), dtype=np.float32)
 
 
 class KeywordIndex:
@@ -92,6 +104,7 @@ class KeywordIndex:
                                   dtype=np.int32),
             "row_lang": np.array([langs.setdefault(r.lang, len(langs)) for r in rows], dtype=np.int32),
             "row_section": np.array([sections.setdefault(r.section, len(sections)) for r in rows], dtype=np.int32),
+            "vectors": _row_vectors(rows),
         }
         tf = sparse.csr_matrix((np.ones(len(cols), dtype=np.float32), (row_of, cols)), shape=(n, max(len(vocab), 1)))
         tf.sum_duplicates()  # term counts
@@ -180,6 +193,7 @@ class KeywordIndex:
             "row_lang": np.concatenate([self.a["row_lang"][keep], l_map[extra.a["row_lang"]]]).astype(np.int32),
             "row_section": np.concatenate([self.a["row_section"][keep],
                                            s_map[extra.a["row_section"]]]).astype(np.int32),
+            "vectors": _stack_vectors(np.asarray(self.a["vectors"])[keep], np.asarray(extra.a["vectors"])),
         }
         used_groups = np.unique(arrays["row_group"])  # forget generations that no row belongs to any more
         g_new = np.full(len(meta["groups"]), -1, dtype=np.int64)
@@ -187,6 +201,12 @@ class KeywordIndex:
         arrays["row_group"] = g_new[arrays["row_group"]].astype(np.int32)
         meta["groups"] = [meta["groups"][i] for i in used_groups]
         return self._finish(arrays, tf, meta, digest)
+
+    @property
+    def vectors(self) -> np.ndarray | None:
+        """The rows' embeddings (memory-mapped when loaded), or None when the index does not hold them."""
+        vectors = self.a["vectors"]
+        return vectors if len(self) and vectors.shape[1] else None
 
     def tf(self) -> sparse.csr_matrix:
         """Term counts, one row per chunk."""
@@ -281,6 +301,17 @@ class KeywordIndex:
         return cls(arrays, meta)
 
 
+def _stack_vectors(kept: np.ndarray, added: np.ndarray) -> np.ndarray:
+    """Kept rows' vectors over the added rows': (n, 0) when one side lacks them (or their sizes differ)."""
+    if not len(added):
+        return kept
+    if not len(kept):
+        return added
+    if kept.shape[1] and kept.shape[1] == added.shape[1]:
+        return np.vstack([kept, added]).astype(np.float32)
+    return np.zeros((len(kept) + len(added), 0), dtype=np.float32)
+
+
 def _fsync_dir(path: Path) -> None:
     for child in path.iterdir() if path.is_dir() else []:
         if child.is_file():
@@ -353,7 +384,7 @@ def sync(store: ChunkStore, new_rows: Iterable[Row] = (), save: bool = True,
         return found
     base = newest(root) or empty()
     index = base.updated(live, digest, new_rows, lambda groups: (
-        row_for(c.id, c.text, c.metadata) for c in store.generation_chunks(groups)))
+        row_for(c.id, c.text, c.metadata, vector) for c, vector in store.generation_chunk_vectors(groups)))
     if save:
         with contextlib.suppress(OSError):  # a read-only place: serve from memory, the next ingest saves it
             index.save(root)

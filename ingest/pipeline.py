@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from ingest import keyword
@@ -237,8 +238,9 @@ def run_ingest(
             ids = [chunk_id(item.key, item.file_hash, i, c.text) for item, i, c in placed]
             metas = [_metadata(item.key, item.file_hash, i, item.doc, c) for item, i, c in placed]
             store.add_chunks(ids, [c.text for _, _, c in placed], metas, vectors)
-            rows += [Row(cid, item.key, item.file_hash, item.doc.lang, c.section, tokenize(text))
-                     for cid, (item, _, c), text in zip(ids, placed, texts, strict=True)]
+            rows += [Row(cid, item.key, item.file_hash, item.doc.lang, c.section, tokenize(text),
+                         np.asarray(vector, dtype=np.float32))
+                     for cid, (item, _, c), text, vector in zip(ids, placed, texts, vectors, strict=True)]
             store.commit_files([FileRecord(item.key, item.file_hash, item.doc.doc_id, len(item.chunks))
                                 for item in group])
             for item in group:

@@ -50,6 +50,13 @@ class StoredChunk:
         return str(self.metadata.get("source_path", "")), str(self.metadata.get("generation", ""))
 
 
+def _vectors_of(got: dict, vectors: bool) -> list:
+    """A Chroma ``get`` result's embeddings as float32 rows (Nones when they were not asked for)."""
+    if not vectors:
+        return [None] * len(got["ids"])
+    return [np.asarray(v, dtype=np.float32) for v in got["embeddings"]]
+
+
 def open_client(settings: Settings) -> chromadb.api.ClientAPI:
     chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
     try:
@@ -176,15 +183,22 @@ class ChunkStore:
 
     def iter_chunks(self, live_only: bool = True):
         """All chunks (paged), by default only the live generations."""
+        for chunk, _ in self._paged(live_only, vectors=False):
+            yield chunk
+
+    def _paged(self, live_only: bool, vectors: bool) -> Iterator[tuple[StoredChunk, np.ndarray | None]]:
+        """All chunks (paged) with their stored vectors when ``vectors``; by default only the live generations."""
         live = self.live_generations() if live_only else None
+        include = ["documents", "metadatas", *(["embeddings"] if vectors else [])]
         offset = 0
         while True:
-            got = self.chunks.get(include=["documents", "metadatas"], limit=_PAGE, offset=offset)
+            got = self.chunks.get(include=include, limit=_PAGE, offset=offset)
             if not got["ids"]:
                 return
-            for cid, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
+            for cid, text, meta, vector in zip(got["ids"], got["documents"], got["metadatas"],
+                                               _vectors_of(got, vectors), strict=True):
                 if live is None or live.get(meta.get("source_path")) == meta.get("generation"):
-                    yield StoredChunk(cid, text, meta)
+                    yield StoredChunk(cid, text, meta), vector
             offset += len(got["ids"])
 
     def get_chunks(self, ids: list[str]) -> list[StoredChunk]:
@@ -197,19 +211,30 @@ class ChunkStore:
         return [found[i] for i in ids if i in found]
 
     def generation_chunks(self, groups: list[tuple[str, str]]) -> Iterator[StoredChunk]:
-        """Every chunk of the given (source path, generation) pairs: a filtered read per pair when they are few,
-        one paged scan when they are many."""
+        """Every chunk of the given (source path, generation) pairs: one filtered read when they are few, one paged
+        scan when they are many."""
+        for chunk, _ in self._generations(groups, vectors=False):
+            yield chunk
+
+    def generation_chunk_vectors(self, groups: list[tuple[str, str]]) -> Iterator[tuple[StoredChunk, np.ndarray]]:
+        """``generation_chunks`` with each chunk's stored vector."""
+        yield from self._generations(groups, vectors=True)
+
+    def _generations(self, groups: list[tuple[str, str]], vectors: bool):
         wanted = set(groups)
         if len(wanted) > 20:
-            for chunk in self.iter_chunks(live_only=False):
+            for chunk, vector in self._paged(live_only=False, vectors=vectors):
                 if chunk.group in wanted:
-                    yield chunk
+                    yield chunk, vector
             return
-        for path, generation in sorted(wanted):
-            got = self.chunks.get(where={"$and": [{"source_path": path}, {"generation": generation}]},
-                                  include=["documents", "metadatas"])
-            for cid, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
-                yield StoredChunk(cid, text, meta)
+        if not wanted:
+            return
+        include = ["documents", "metadatas", *(["embeddings"] if vectors else [])]
+        each = [{"$and": [{"source_path": path}, {"generation": generation}]} for path, generation in sorted(wanted)]
+        got = self.chunks.get(where=each[0] if len(each) == 1 else {"$or": each}, include=include)  # one read
+        for cid, text, meta, vector in zip(got["ids"], got["documents"], got["metadatas"],
+                                           _vectors_of(got, vectors), strict=True):
+            yield StoredChunk(cid, text, meta), vector
 
     def section_chunks(
         self, doc_id: str, section: str, live: dict[str, str]

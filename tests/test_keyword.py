@@ -105,6 +105,31 @@ def test_rows_of_finds_held_ids_and_none_for_others(tmp_path: Path) -> None:
     assert KeywordIndex.build([], "e").rows_of(["a"]) == [None]
 
 
+def vec_rows(n: int, path: str, generation: str, seed: int) -> list[Row]:
+    vectors = np.random.default_rng(seed).normal(size=(n, 4)).astype(np.float32)
+    return [Row(f"{path}:{generation}:{i}", path, generation, "en", "1", ["t"], vectors[i]) for i in range(n)]
+
+
+def test_vectors_are_kept_row_aligned_through_updates_and_saves(tmp_path: Path) -> None:
+    """The rows' vectors are stored with the index, stay aligned with their chunk ids through an update (kept,
+    added and fetched rows) and a save/load (memory-mapped); a row without a vector makes the index hold none."""
+    a1, b1, a2, c1 = vec_rows(3, "/a", "1", 0), vec_rows(2, "/b", "1", 1), vec_rows(2, "/a", "2", 2), vec_rows(
+        1, "/c", "1", 3)
+    base = KeywordIndex.build(a1 + b1, "old")
+    assert base.vectors is not None and base.vectors.shape == (5, 4)
+    new = base.updated({"/a": "2", "/b": "1", "/c": "1"}, "new", a2, lambda groups: c1)
+    loaded = KeywordIndex.load(new.save(tmp_path))
+    assert isinstance(loaded.a["vectors"], np.memmap)
+    expected = {r.chunk_id: r.vector for r in b1 + a2 + c1}
+    for index in (new, loaded):
+        assert len(index) == 5 and index.vectors.shape == (5, 4)
+        for row in range(len(index)):
+            assert np.array_equal(index.vectors[row], expected[index.chunk_id(row)])
+    unknown = [Row("/d:1:0", "/d", "1", "en", "1", ["t"])]
+    assert base.updated({"/a": "1", "/b": "1", "/d": "1"}, "mixed", unknown, lambda groups: []).vectors is None
+    assert KeywordIndex.build(unknown, "none").vectors is None and KeywordIndex.build([], "empty").vectors is None
+
+
 def test_update_keeps_live_rows_drops_stale_and_fetches_only_missing() -> None:
     """updated() equals a fresh build of the same live rows; only generations it lacks are fetched."""
     a1, b1 = rows([["x", "y"], ["y"]], "/a", "1"), rows([["z"], ["x", "z"]], "/b", "1")
@@ -170,8 +195,9 @@ class Spy:
 
 def test_startup_reads_no_chunk_texts(real_docs: Path, make_settings: Callable[..., Settings], ingest: Ingest,
                                       embedder) -> None:
-    """Opening a retriever touches only the manifest, never the chunk collection; a search's dense queries return
-    ids and distances only, and it then reads the texts of the hits it returns, by id."""
+    """Opening a retriever touches only the manifest, never the chunk collection; ranking a small store reads
+    nothing from it (dense search runs over the index's vectors); the texts of the hits asked for are read by id.
+    On a larger store the dense queries return ids and distances only."""
     settings = make_settings()
     ingest(settings, [real_docs])
     store = ChunkStore(settings)
@@ -180,11 +206,16 @@ def test_startup_reads_no_chunk_texts(real_docs: Path, make_settings: Callable[.
     retriever = HybridRetriever(store, embedder)
     assert spy.calls == [], f"start-up read the chunk collection: {spy.calls}"
     assert len(retriever.chunks) == len(live_ids(ChunkStore(settings))) > 0 and spy.calls == []
-    hits = retriever.search("fine-tuning teaches form, not facts", k=5, per_list=4)
+    ranking = retriever.rank("fine-tuning teaches form, not facts", per_list=4)
+    assert ranking.ranked and spy.calls == [], f"ranking a small store read the collection: {spy.calls}"
+    hits = ranking.hits(5)
     assert hits
     gets = [kw for name, kw in spy.calls if name == "get"]
     assert gets and all(kw.get("ids") and len(kw["ids"]) <= 5 for kw in gets), gets
     assert {hit.chunk.id for hit in hits} <= {i for kw in gets for i in kw["ids"]}
+    spy.calls.clear()
+    retriever.exact_dense_max_chunks = 0  # a store too large for the exact in-memory search: Chroma is queried
+    assert retriever.search("fine-tuning teaches form, not facts", k=5, per_list=4)
     queries = [kw for name, kw in spy.calls if name == "query"]
     assert queries and all(kw["include"] == ["distances"] for kw in queries), queries
     assert all(kw.get("where") is None or "lang" in json.dumps(kw["where"]) for kw in queries)

@@ -149,6 +149,7 @@ def test_dense_lists_match_filtered_queries_per_language(retriever: HybridRetrie
     from the language's own filtered query; both paths are taken here). Not the identical list: Chroma's HNSW
     search is approximate, and an unfiltered and a filtered search can order a near-tie at the tail differently (a
     clean-clone CI run found one such swap at rank 12 of 12)."""
+    monkeypatch.setattr(retriever, "exact_dense_max_chunks", 0)  # the Chroma path, as on a larger store
     view = retriever._current()
     calls: list[dict | None] = []
     query_ids = retriever.store.query_ids
@@ -173,11 +174,13 @@ def test_dense_lists_match_filtered_queries_per_language(retriever: HybridRetrie
     assert any(fallbacks) and not all(fallbacks), fallbacks
 
 
-def test_large_store_splits_one_unfiltered_query_by_language(retriever: HybridRetriever, bot_settings) -> None:
+def test_large_store_splits_one_unfiltered_query_by_language(retriever: HybridRetriever, bot_settings,
+                                                            monkeypatch) -> None:
     """Above ``dense_filter_max_chunks`` the per-language lists come from one deeper unfiltered query: each list
     holds only its language, at most per_list chunks, best first; the question's own language gets the same top
     chunk as the filtered query (another language may come up short: that is the price, see Settings)."""
     assert retriever.dense_filter_max_chunks == bot_settings.dense_filter_max_chunks
+    monkeypatch.setattr(retriever, "exact_dense_max_chunks", 0)  # the Chroma path, as on a larger store
     view = retriever._current()
     for question, own in ((JA_SENTIMENT, "ja"), (EN_SENTIMENT, "en")):
         vector = retriever.embed_query(question)
@@ -194,6 +197,35 @@ def test_large_store_splits_one_unfiltered_query_by_language(retriever: HybridRe
             sims = [s for _, s in found]
             assert sims == sorted(sims, reverse=True)
         assert split[own] and split[own][0][0] == exact[own][0][0]
+
+
+def test_small_store_is_searched_exactly_over_the_stored_vectors(retriever: HybridRetriever, bot_settings,
+                                                                 monkeypatch) -> None:
+    """Within ``exact_dense_max_chunks`` the per-language lists come from the index's memory-mapped vectors, not
+    from Chroma: they are the exact best ``per_list`` of each language by cosine similarity (checked against a
+    brute-force scan of the embeddings Chroma holds, read back here), their similarities equal Chroma's, and
+    Chroma's filtered queries agree on the best chunk of each list."""
+    assert retriever.exact_dense_max_chunks == bot_settings.exact_dense_max_chunks >= len(retriever.chunks)
+    view = retriever._current()
+    assert view.index.vectors is not None and view.index.vectors.shape == (len(view.index), 384)
+    got = retriever.store.chunks.get(ids=[view.index.chunk_id(i) for i in range(len(view.index))],
+                                     include=["embeddings", "metadatas"])
+    stored = {cid: (np.asarray(v, dtype=np.float32), m["lang"])
+              for cid, v, m in zip(got["ids"], got["embeddings"], got["metadatas"], strict=True)}
+    monkeypatch.setattr(retriever.store, "query_ids", lambda *a, **k: pytest.fail("a Chroma query on a small store"))
+    for question in (JA_SENTIMENT, EN_SENTIMENT, "要約タスクではどちらが良い？", "What is the 20B definition?"):
+        vector = retriever.embed_query(question)
+        for per_list in (3, 12, 40):
+            found = retriever.dense_ids_by_language(view, vector, per_list)
+            assert set(found) == {"en", "ja"}
+            for lang, pairs in found.items():
+                brute = sorted(((float(v @ vector), cid) for cid, (v, lg) in stored.items() if lg == lang),
+                               key=lambda x: (-x[0], x[1]))[:per_list]
+                assert [cid for cid, _ in pairs] == [cid for _, cid in brute] or np.allclose(
+                    [s for _, s in pairs], [s for s, _ in brute], atol=1e-6), (question, lang, per_list)
+                assert np.allclose([s for _, s in pairs], [s for s, _ in brute], atol=1e-5)
+                chroma = [c.id for c, _ in retriever.dense(vector, 1, where={"lang": lang})]
+                assert pairs[0][0] == chroma[0], (question, lang)
 
 
 def test_chunk_cache_reads_each_chunk_once_in_order_and_stays_bounded(retriever: HybridRetriever, monkeypatch) -> None:
