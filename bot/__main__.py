@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--json", action="store_true")
     bench = sub.add_parser("bench", help="speed/quality benchmark")
     bench.add_argument("--json", action="store_true")
+    bench.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                       help="only the scale section, at these chunk counts (comma-separated, e.g. 1000000)")
+    bench.add_argument("--modes", choices=["embedded", "server", "both"], default="both",
+                       help="with --sizes: which Chroma modes to fill and time")
     args = parser.parse_args(argv)
 
     from bot.knowledge import KnowledgeError
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from bot.bench import main as bench_main
 
-            return bench_main(settings, args.json)
+            return bench_main(settings, args.json, sizes=args.sizes, modes=args.modes)
     except (ModelError, StoreError, KnowledgeError, *_generator_errors()) as exc:
         print(f"bot: {exc}", file=sys.stderr)
         return 2

@@ -235,7 +235,8 @@ def _scale_point(settings: Settings, service: AnswerService, size: int, question
     }
 
 
-def _scale(base: Settings, service: AnswerService, questions: list[str], sizes, server: bool) -> dict:
+def _scale(base: Settings, service: AnswerService, questions: list[str], sizes, server: bool,
+           embedded: bool = True) -> dict:
     out: dict = {
         "embedded": {},
         "server": {},
@@ -248,9 +249,11 @@ def _scale(base: Settings, service: AnswerService, questions: list[str], sizes, 
         if trained.is_dir():
             shutil.copytree(trained, tmp / "reader")
         try:
-            _log(f"scale {size} chunks, Chroma embedded")
-            settings = replace_settings(base, store_path=tmp / "chroma", collection=f"scale{size}", chroma_host=None)
-            out["embedded"][str(size)] = _scale_point(settings, service, size, questions, rows)
+            if embedded:
+                _log(f"scale {size} chunks, Chroma embedded")
+                settings = replace_settings(base, store_path=tmp / "chroma", collection=f"scale{size}",
+                                            chroma_host=None)
+                out["embedded"][str(size)] = _scale_point(settings, service, size, questions, rows)
             if server:
                 port = _free_port()
                 proc = subprocess.Popen(
@@ -484,7 +487,28 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(settings: Settings, as_json: bool) -> int:
+def scale_only(settings: Settings, sizes, embedded: bool = True, server: bool = True,
+               out_dir: Path | None = None) -> dict:
+    """Only the scale section at the given sizes (e.g. 1M chunks in server mode, which takes the better part of an
+    hour to fill), saved as ``scale-<sizes>.json`` beside the full report."""
+    out_dir = out_dir or settings.data_dir / "bench"
+    service = AnswerService(settings)
+    questions = [i["question"] for i in load_items(settings.corpus_dir / "dev_set.jsonl")][:SCALE_QUERIES]
+    report = {"scale": _scale(settings, service, questions, sizes, server, embedded=embedded),
+              "rss_mb": {"bench_peak": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = "scale-" + "-".join(map(str, sizes)) + ".json"
+    (out_dir / name).write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+    return report
+
+
+def main(settings: Settings, as_json: bool, sizes: list[int] | None = None, modes: str = "both") -> int:
+    """The full bench; with ``sizes``, only the scale section at those sizes in ``modes``
+    (embedded, server or both)."""
+    if sizes:
+        report = scale_only(settings, sizes, embedded=modes != "server", server=modes != "embedded")
+        print(json.dumps(report, ensure_ascii=False, indent=None if as_json else 1))
+        return 0
     report = bench(settings)
     print(json.dumps(report, ensure_ascii=False) if as_json else table(report))
     return 0
