@@ -61,10 +61,11 @@ class Settings(BaseSettings):
         description="Largest store whose per-language dense lists match filtered queries (filtered where needed).",
     )
     # Up to this many live chunks, dense search is exact over the vectors ingest saves with the keyword index
-    # (memory-mapped; one matrix-vector product, ~0.1 ms at the default corpus) instead of a Chroma query (~3 ms a
-    # question, bench run 13); above it Chroma's HNSW index answers (an exact scan grows with the store).
+    # (memory-mapped; one matrix-vector product: 0.13 ms at the default corpus's 223 chunks, 0.17 ms at 2k, 8 ms at
+    # 20k on this machine) instead of a Chroma query (~3 ms a question, bench run 13); above it Chroma's HNSW index
+    # answers, since an exact scan grows with the store.
     exact_dense_max_chunks: int = Field(
-        default=20_000, ge=0,
+        default=5_000, ge=0,
         description="Largest store searched exactly in memory (above it, Chroma's approximate index).",
     )
     # The rule reader names a catalog task by meaning only when the question's embedding is at least this similar to
