@@ -195,7 +195,7 @@ class HybridRetriever:
         per_list: int = 20,
         check_interval: float = 5.0,
         dense_filter_max_chunks: int = 5_000,
-        exact_dense_max_chunks: int = 20_000,
+        exact_dense_max_chunks: int = 5_000,
     ) -> None:
         """``rrf_k``, ``per_list``, ``dense_filter_max_chunks``, ``exact_dense_max_chunks``: the Settings fields of
         those names (``per_list``: retrieval_per_list); ``check_interval``: seconds between checks for a
