@@ -704,12 +704,31 @@ class LearnedReader:
             start += width
         self._scored: tuple[object, np.ndarray] | None = None
 
+    def hold_half(self) -> None:
+        """Keep the weight stack (and each model's view of it) in float16: a served reader holds half the memory
+        (~23 MB less for the question and fragment readers); ``scores`` sums in float32. A trained reader keeps
+        float32 until it is saved and loaded."""
+        if self._coef is None or self._coef.dtype == np.float16:
+            return
+        half = self._coef.astype(np.float16)
+        for key, (where, _) in self._slices.items():
+            self.models[key].coef_ = half[:, where].T
+        self._coef = half
+        self._scored = None
+
     def scores(self, x) -> np.ndarray:
         """Every model's raw scores for one feature row (computed once per row)."""
         cached = self._scored  # one read: safe when threads share the reader
         if cached is not None and cached[0] is x:
             return cached[1]
-        out = np.asarray(x @ self._coef).ravel() + self._intercept
+        coef = self._coef
+        row = sparse.csr_matrix(x) if coef.dtype == np.float16 else None
+        if row is not None and row.shape[0] == 1:  # the row's non-zero features' weights only, summed in float32
+            out = row.data.astype(np.float32) @ coef[row.indices].astype(np.float32) + self._intercept
+        elif row is not None:
+            out = np.asarray(row @ coef.astype(np.float32)).ravel() + self._intercept
+        else:
+            out = np.asarray(x @ coef).ravel() + self._intercept
         self._scored = (x, out)
         return out
 
@@ -958,7 +977,7 @@ class LearnedReader:
         n_grams = len(self.featurizer.ngrams.vocabulary_)
         coef = model.coef_
         weights = coef[k] if coef.shape[0] > 1 else (coef[0] if k == 1 else -coef[0])
-        scores = self.featurizer.ngrams.transform(parts) @ weights[:n_grams]
+        scores = self.featurizer.ngrams.transform(parts) @ np.asarray(weights[:n_grams], dtype=np.float32)
         return parts[int(np.argmax(scores))][:160]
 
     # -------------------------------------------------------------- persistence
@@ -1004,8 +1023,10 @@ class LearnedReader:
             return cls(flow, featurizer.lexicon, blob["config"], featurizer, models, fingerprint)
 
         reader = build(blob["featurizer"], blob["models"])
+        reader.hold_half()
         if blob.get("followups"):
             reader.followups = build(blob["followups"]["featurizer"], blob["followups"]["models"])
+            reader.followups.hold_half()
         return reader
 
 
