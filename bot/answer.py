@@ -72,6 +72,12 @@ def to_messages(history: Sequence | None) -> History:
     return out
 
 
+def user_messages(history: Sequence | None) -> list[str]:
+    """The non-empty user turns of a chat history, in order."""
+    return [m.content for m in to_messages(history)
+            if m.type == "human" and isinstance(m.content, str) and m.content.strip()]
+
+
 def previous_user_message(history: Sequence | None) -> str | None:
     """The last non-empty user turn of a chat history."""
     for message in reversed(to_messages(history)):

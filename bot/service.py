@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bot.answer import Answer, check_citations, previous_user_message, to_messages
+from bot.answer import Answer, check_citations, previous_user_message, to_messages, user_messages
 from bot.compose import content_chunks, evidence_requests, specific_terms
-from bot.engine import Decision, DecisionEngine, asks_about_survey, compile_phrases
+from bot.engine import Decision, DecisionEngine, asks_about_survey, asks_to_choose, compile_phrases
 from bot.grounding import Evidence, Grounding
 from bot.knowledge import load_content_asks, load_flow, load_sources
 from bot.retrieval import HybridRetriever
@@ -22,6 +22,7 @@ from ingest.embeddings import DocumentMemo, Embedder, load_embedder
 from ingest.store import ChunkStore, StoredChunk
 
 TASK_EVIDENCE_K = 8  # candidates per section when the claim is about a task (one that names the task is preferred)
+SITUATION_TURNS = 4  # earlier user turns a follow-up's situation is rebuilt from (encodings are cached)
 Condenser = Callable[[str, list], str]  # (question, history messages) -> standalone question
 __all__ = ["Answer", "AnswerService", "Gate", "check_citations", "previous_user_message"]
 
@@ -89,24 +90,56 @@ class AnswerService:
 
     def condense(self, question: str, history: list | None, question_vector: np.ndarray | None = None) -> str:
         """Without an LLM: a turn that depends on the previous one (an ellipsis, "why?", a correction; decided by
-        the learned turn reader) is read together with the previous question; anything else stands alone.
-        ``question_vector``: the turn's query embedding when the caller already has it."""
-        previous = previous_user_message(history)
-        if not previous:
+        the learned turn reader) is read together with the previous turn's situation — that turn's own condensed
+        text, so a chain of follow-ups keeps the first question — and a turn that asks to choose or states a
+        decision fact after a content or off-topic turn ("so which one then?") goes back to the latest decision
+        situation; anything else stands alone. ``question_vector``: the turn's query embedding when the caller
+        already has it."""
+        users = user_messages(history)
+        if not users:
             return question
         if self.turns is not None:
-            prev_text, text = normalize_question(previous), normalize_question(question)
-            if question_vector is None:
-                question_vector = self.retriever.embed_query(text)
-            prev_vector = self.retriever.embed_query(prev_text)
-            follow, _ = self.turns.follow_up(prev_text, text, prev_vector, question_vector)
-            return f"{previous} {question}" if follow else question
+            window = users[-SITUATION_TURNS:]
+            return self._join(self._situations(window), window[-1], question, question_vector)
+        previous = users[-1]
         if len(question) > 160:
             return question
         own = self.engine.decide(normalize_question(question).lower())
         if own.task is not None and own.task_score >= 1.0:
             return question
         return f"{previous} {question}"
+
+    def _follows(self, previous: str, question: str, question_vector: np.ndarray | None = None) -> bool:
+        prev_text, text = normalize_question(previous), normalize_question(question)
+        if question_vector is None:
+            question_vector = self.retriever.embed_query(text)
+        return self.turns.follow_up(prev_text, text, self.retriever.embed_query(prev_text), question_vector)[0]
+
+    def _is_decision(self, text: str) -> bool:
+        """Whether a situation reads as a decision question (its encoding is cached from when it was answered)."""
+        normal = normalize_question(text)
+        return bool(normal) and self.engine.decide(normal.lower(), self.retriever.encode_query(normal)).is_decision
+
+    def _join(self, situations: list[tuple[str, bool]], previous: str, question: str,
+              question_vector: np.ndarray | None = None) -> str:
+        """The situation a turn is read in, given the earlier turns' (text, reads as a decision)."""
+        if not self._follows(previous, question, question_vector):
+            return question
+        base, deciding = situations[-1]
+        if not deciding:
+            own = normalize_question(question).lower()
+            if asks_to_choose(own, self.engine.rules.lexicon) or self._is_decision(question):
+                base = next((text for text, decides in reversed(situations) if decides), base)
+        return f"{base} {question}"
+
+    def _situations(self, users: list[str]) -> list[tuple[str, bool]]:
+        """Each user turn's situation (its own text, or its condensed text when it was a follow-up) and whether it
+        reads as a decision: what the next turn may continue."""
+        out: list[tuple[str, bool]] = []
+        for i, turn in enumerate(users):
+            text = turn if i == 0 else self._join(out, users[i - 1], turn)
+            out.append((text, self._is_decision(text)))
+        return out
 
     def ask(self, question: str, history: Sequence | None = None) -> Answer:
         """Answer one turn with the built-in template writer (``Pipeline`` is the general entry point)."""

@@ -203,6 +203,32 @@ def test_follow_up_facts_override_the_earlier_question(bot_service) -> None:
     assert few["holds"] is True
 
 
+def chat(*turns: str) -> list[dict[str, str]]:
+    """A chat history of these user turns, each with a placeholder reply."""
+    return [m for turn in turns for m in ({"role": "user", "content": turn}, {"role": "assistant", "content": "…"})]
+
+
+def test_a_chain_of_follow_ups_keeps_the_first_question(bot_service: AnswerService) -> None:
+    """A follow-up of a follow-up is read with the whole situation: "why?" after "and with 50k labelled chats?"
+    still has the hotel chatbot in it, and the chain's own fact (50k labels) too."""
+    first, second = "We want a chatbot for our hotel guests. Which approach?", "and if we had 50k labelled chats?"
+    assert bot_service._follows(first, second) and bot_service._follows(second, "why?")  # the premise
+    situation = bot_service.condense("why?", chat(first, second))
+    assert situation.startswith(first) and second in situation and situation.endswith("why?")
+    assert bot_service.ask("why?", chat(first, second)).verdict == "llm"
+
+
+def test_asking_to_choose_after_a_content_turn_goes_back_to_the_decision(bot_service: AnswerService) -> None:
+    """"So which one then?" after a content question continues the latest decision situation, not the content
+    question; a content follow-up of a content question ("and the next remark?") stays with it."""
+    decision = "We need to flag toxic comments on our forum; we only have 150 labelled ones."
+    content = "what does the survey say about toxicity detection?"
+    assert not bot_service._follows(decision, content) and bot_service._follows(content, "so which one then?")
+    assert bot_service.condense("so which one then?", chat(decision, content)) == f"{decision} so which one then?"
+    remark = "what does remark 3 say?"
+    assert bot_service.condense("and the next remark?", chat(decision, remark)) == f"{remark} and the next remark?"
+
+
 def test_a_sure_content_reading_passes_the_gate_below_the_bare_bar(bot_service: AnswerService) -> None:
     """A question about the figure that names no task, cue or "survey" sits just below the bare similarity bar; the
     learned reader's sure content reading lets it through (``Settings.gate_content_p``). Without that bar it is
