@@ -353,22 +353,6 @@ class HybridRetriever:
     def dense(self, vector: np.ndarray, k: int, where: dict | None = None) -> list[tuple[StoredChunk, float]]:
         return self.store.query(vector, k, live=self._current().live, where=where)
 
-    def dense_by_language(
-        self, vector: np.ndarray, per_list: int, size: int
-    ) -> dict[str, list[tuple[StoredChunk, float]]]:
-        """The best ``per_list`` chunks of each corpus language: one filtered query per language on a store of at
-        most ``dense_filter_max_chunks`` live chunks (``size``), else one unfiltered deeper query split afterwards
-        (a language it leaves short just has a shorter list; BM25 still ranks that language's chunks)."""
-        languages = self.languages
-        if size <= self.dense_filter_max_chunks:
-            return {lang: self.dense(vector, per_list, where={"lang": lang}) for lang in languages}
-        out: dict[str, list[tuple[StoredChunk, float]]] = {lang: [] for lang in languages}
-        for chunk, sim in self.dense(vector, per_list * 2 * max(1, len(languages))):
-            found = out.get(chunk.metadata.get("lang"))
-            if found is not None and len(found) < per_list:
-                found.append((chunk, sim))
-        return out
-
     def sections_under(self, section: str) -> list[str]:
         return [s for s in self.sections if s == section or s.startswith(section + ".")]
 

@@ -50,6 +50,11 @@ class StoredChunk:
         return str(self.metadata.get("source_path", "")), str(self.metadata.get("generation", ""))
 
 
+def _include(vectors: bool) -> list[str]:
+    """What a chunk read asks Chroma for: texts and metadata, and the stored vectors when ``vectors``."""
+    return ["documents", "metadatas", *(["embeddings"] if vectors else [])]
+
+
 def _vectors_of(got: dict, vectors: bool) -> list:
     """A Chroma ``get`` result's embeddings as float32 rows (Nones when they were not asked for)."""
     if not vectors:
@@ -189,7 +194,7 @@ class ChunkStore:
     def _paged(self, live_only: bool, vectors: bool) -> Iterator[tuple[StoredChunk, np.ndarray | None]]:
         """All chunks (paged) with their stored vectors when ``vectors``; by default only the live generations."""
         live = self.live_generations() if live_only else None
-        include = ["documents", "metadatas", *(["embeddings"] if vectors else [])]
+        include = _include(vectors)
         offset = 0
         while True:
             got = self.chunks.get(include=include, limit=_PAGE, offset=offset)
@@ -229,7 +234,7 @@ class ChunkStore:
             return
         if not wanted:
             return
-        include = ["documents", "metadatas", *(["embeddings"] if vectors else [])]
+        include = _include(vectors)
         each = [{"$and": [{"source_path": path}, {"generation": generation}]} for path, generation in sorted(wanted)]
         got = self.chunks.get(where=each[0] if len(each) == 1 else {"$or": each}, include=include)  # one read
         for cid, text, meta, vector in zip(got["ids"], got["documents"], got["metadatas"],
