@@ -8,6 +8,7 @@ and lists which answers would flip the verdict.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
 
@@ -64,6 +65,7 @@ class Reading:
     task_named: bool  # the question names the task itself (alias or confident prediction), not a weak guess
     considerations: list[Consideration]
     reader: str = "rules"
+    task_turn: int = 0  # which turn the task was read from: 0 the question (or a chat's first), i the i-th follow-up
 
     @property
     def cue_hit(self) -> bool:
@@ -291,10 +293,10 @@ class RuleReader:
         return "decision" if task_hit or cue_hit else "content"
 
     def read(
-        self, text: str, vector: np.ndarray | None = None, follow_up: str | None = None, follow_up_vector=None
+        self, text: str, vector: np.ndarray | None = None, follow_ups: Sequence[str] = (), follow_up_vectors=()
     ) -> Reading:
-        """``text`` is the normalised, lower-cased question. When it is an earlier question joined with a
-        ``follow_up``, what the follow-up itself states (cues, label counts) overrides the earlier facts.
+        """``text`` is the normalised, lower-cased question. When it is earlier turns joined with ``follow_ups``
+        (in turn order), what each follow-up itself states (cues, label counts) overrides what came before.
         ``vector``: the question's embedding (a ``QueryEncoding``'s vector is taken)."""
         tasks = self.match_tasks(text, getattr(vector, "vector", vector))
         lexical = [t for t, s in tasks if s >= 1.0]
@@ -304,7 +306,7 @@ class RuleReader:
         named = [t for t, s in tasks if s >= 1.01]  # whole aliases only: partial matches don't count as named tasks
         count = label_count(text, self.lexicon)
         states = self.cue_states(text, count)
-        if follow_up:
+        for follow_up in follow_ups:
             own_count = label_count(follow_up, self.lexicon)
             own = self.cue_states(follow_up, own_count)
             states.update({cid: st for cid, st in own.items() if st.why in ("cue", "labels")})
@@ -347,18 +349,20 @@ class DecisionEngine:
         self.reader = reader or self.rules
 
     def decide(
-        self, text: str, vector: np.ndarray | None = None, follow_up: str | None = None, follow_up_vector=None
+        self, text: str, vector: np.ndarray | None = None, follow_ups: Sequence[str] = (), follow_up_vectors=()
     ) -> Decision:
         text = re.sub(r"\s*(?:→|->|⇒|=>)\s*", "-", text)
-        reading = self.reader.read(text, vector, follow_up, follow_up_vector)
+        reading = self.reader.read(text, vector, follow_ups, follow_up_vectors)
         if reading.reader != self.rules.name:
-            reading = self.with_named_task(reading, text)
+            turns = [text, *follow_ups]
+            reading = self.with_named_task(reading, turns[min(reading.task_turn, len(turns) - 1)])
         return self.decide_reading(reading)
 
     def with_named_task(self, reading: Reading, text: str) -> Reading:
         """A specific catalog task the question names by a whole alias (data: the catalog's names) is taken when
         the learned reader found no task or only a generic family ("text classification" for "named entity
-        recognition with 50k labelled sentences"): a name the user wrote beats a statistical guess."""
+        recognition with 50k labelled sentences"): a name the user wrote beats a statistical guess. ``text``: the
+        turn the task was read from (a follow-up that switched the task, else the question)."""
         if reading.task is not None and not reading.task.generic:
             return reading
         named = [t for t, score in self.rules.match_tasks(text, None) if score >= 1.01 and not t.generic]

@@ -852,19 +852,22 @@ class LearnedReader:
         self,
         text: str,
         vector: QueryVector | None = None,
-        follow_up: str | None = None,
-        follow_up_vector: QueryVector | None = None,
+        follow_ups: Sequence[str] = (),
+        follow_up_vectors: Sequence[QueryVector | None] = (),
     ) -> Reading:
-        """``text``: the normalised, lower-cased question (an earlier question joined with a ``follow_up``: what
-        the follow-up itself states overrides the earlier facts)."""
+        """``text``: the normalised, lower-cased question (earlier turns joined with ``follow_ups``, the chat's
+        follow-up turns in order: what each states itself overrides what came before it)."""
         count = label_count(text, self.lexicon)
         x, parts, sentence_scores = self.features(text, vector, count)
         probs, intents = self.proba("intent", x)
         best = int(np.argmax(probs))
         states = self._states(text, x, count, parts, sentence_scores)
         task, task_p = self._task(x)
+        considerations = {cid for cid in self._cons if self._consideration(cid, text, x)}
         fragments = self.followups or self
-        if follow_up:
+        task_turn = 0
+        vectors = list(follow_up_vectors) + [None] * (len(follow_ups) - len(follow_up_vectors))
+        for i, (follow_up, follow_up_vector) in enumerate(zip(follow_ups, vectors, strict=True)):
             own_count = label_count(follow_up, self.lexicon)
             own_x, own_parts, own_probs = fragments.features(follow_up, follow_up_vector, own_count)
             own = fragments._states(follow_up, own_x, own_count, own_parts, own_probs)
@@ -873,17 +876,16 @@ class LearnedReader:
                 # "not a score: write feedback comments instead": what the task is comes from the follow-up
                 # alone; the earlier facts about the user's data (labels, drifting inputs) still hold.
                 states.update({c.id: own[c.id] for c in self.flow.conditions if c.about == "task"})
-                task, task_p = own_task, own_task_p
+                task, task_p, task_turn = own_task, own_task_p, i + 1
             states.update({cid: st for cid, st in own.items() if st.holds is not None})
             count = own_count if own_count is not None else count
-            own_probs, own_intents = fragments.proba("intent", own_x)
-            own_best = int(np.argmax(own_probs))
-            if own_intents[own_best] == "content" and own_probs[own_best] >= self.config.follow_up_content_p:
-                probs, intents, best = own_probs, own_intents, own_best
-        considerations = [
-            self._cons[cid] for cid in self._cons
-            if self._consideration(cid, text, x) or (follow_up and fragments._consideration(cid, follow_up, own_x))
-        ]
+            considerations |= {cid for cid in self._cons if fragments._consideration(cid, follow_up, own_x)}
+            if i == len(follow_ups) - 1:  # whether the turn asks what the survey says is its own reading
+                own_probs, own_intents = fragments.proba("intent", own_x)
+                own_best = int(np.argmax(own_probs))
+                if own_intents[own_best] == "content" and own_probs[own_best] >= self.config.follow_up_content_p:
+                    probs, intents, best = own_probs, own_intents, own_best
+        considerations = [self._cons[cid] for cid in self._cons if cid in considerations]
         return Reading(
             intent=intents[best],
             intent_p=float(probs[best]),
@@ -894,18 +896,24 @@ class LearnedReader:
             task_named=task is not None,
             considerations=considerations,
             reader=self.name,
+            task_turn=task_turn,
         )
 
     def switches_task(
         self, task: Task | None, own: dict[str, ConditionState], own_task: Task | None, own_task_p: float
     ) -> bool:
-        """Whether a follow-up's own reading changes what the task is: it names another catalog task, or states a
-        task condition, confidently (``follow_up_switch_p``)."""
+        """Whether a follow-up's own reading changes what the task is: it names another catalog task, or says the
+        task is of a kind (a task condition holds: "write feedback comments instead" is creative generation),
+        confidently (``follow_up_switch_p``). A condition that only narrows the task ("not the explanation") or a
+        detail of a knowledge-intensive task ("we pass the fare tables in") keeps the task; it overrides as any
+        stated fact does."""
         least = self.config.follow_up_switch_p
         if own_task is not None and own_task != task and own_task_p >= least:
             return True
-        return any(st.holds is not None and st.condition.about == "task" and (st.p or 0.0) >= least
-                   for st in own.values())
+        details = {cid for c in self.flow.conditions for cid in c.implies} | {
+            c.id for c in self.flow.conditions if c.implies}
+        return any(st.holds is True and st.condition.about == "task" and st.condition.id not in details
+                   and (st.p or 0.0) >= least for st in own.values())
 
     def _states(
         self, text: str, x, count: int | None, parts: list[str], sentence_scores: np.ndarray | None

@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,6 +26,29 @@ TASK_EVIDENCE_K = 8  # candidates per section when the claim is about a task (on
 SITUATION_TURNS = 4  # earlier user turns a follow-up's situation is rebuilt from (encodings are cached)
 Condenser = Callable[[str, list], str]  # (question, history messages) -> standalone question
 __all__ = ["Answer", "AnswerService", "Gate", "check_citations", "previous_user_message"]
+
+
+class Situation(NamedTuple):
+    """What a chat turn is read in: ``root``, the turn that set the situation out; ``fragments``, the follow-up
+    turns that continue it, in order (what each states overrides what came before: the reading starts from the
+    root alone); ``decides``, whether it reads as a decision; ``follows``, whether the turn reader read the turn
+    as a follow-up."""
+
+    root: str
+    fragments: tuple[str, ...] = ()
+    decides: bool = False
+    follows: bool = False
+
+    @property
+    def text(self) -> str:
+        """The turns joined: what retrieval searches with and what the answer quotes from."""
+        return " ".join((self.root, *self.fragments))
+
+
+def _states_fact(decision: Decision) -> bool:
+    """Whether a turn read on its own states a fact of a decision: a settled condition or a consideration."""
+    reading = decision.reading
+    return bool(reading.considerations) or any(st.holds is not None for st in reading.states.values())
 
 
 @dataclass(frozen=True)
@@ -89,25 +113,30 @@ class AnswerService:
         return len(self.retriever.chunks)
 
     def condense(self, question: str, history: list | None, question_vector: np.ndarray | None = None) -> str:
+        """The text a turn is read in (``situation``'s text): what the LLM condenser falls back to."""
+        return self.situation(question, history, question_vector).text
+
+    def situation(self, question: str, history: list | None, question_vector: np.ndarray | None = None) -> Situation:
         """Without an LLM: a turn that depends on the previous one (an ellipsis, "why?", a correction; decided by
-        the learned turn reader) is read together with the previous turn's situation — that turn's own condensed
-        text, so a chain of follow-ups keeps the first question — and a turn that asks to choose or states a
-        decision fact after a content or off-topic turn ("so which one then?") goes back to the latest decision
-        situation; anything else stands alone. ``question_vector``: the turn's query embedding when the caller
-        already has it."""
+        the learned turn reader) continues the previous turn's situation — its own chain of turns, so a chain of
+        follow-ups keeps the first question and each turn's own facts in order. After a content or off-topic turn,
+        a follow-up that asks to choose, states a fact, says it goes back, or reads as a decision continues the
+        latest decision situation ("so which one then?"), and one that states a whole task of its own is read on
+        its own ("so which one then for my intent classifier, 20k labels?"). Anything else stands alone.
+        ``question_vector``: the turn's query embedding when the caller already has it."""
         users = user_messages(history)
         if not users:
-            return question
+            return Situation(question)
         if self.turns is not None:
             window = users[-SITUATION_TURNS:]
             return self._join(self._situations(window), window[-1], question, question_vector)
         previous = users[-1]
         if len(question) > 160:
-            return question
+            return Situation(question)
         own = self.engine.decide(normalize_question(question).lower())
         if own.task is not None and own.task_score >= 1.0:
-            return question
-        return f"{previous} {question}"
+            return Situation(question)
+        return Situation(previous, (question,), follows=True)
 
     def _follows(self, previous: str, question: str, question_vector: np.ndarray | None = None) -> bool:
         prev_text, text = normalize_question(previous), normalize_question(question)
@@ -115,30 +144,40 @@ class AnswerService:
             question_vector = self.retriever.embed_query(text)
         return self.turns.follow_up(prev_text, text, self.retriever.embed_query(prev_text), question_vector)[0]
 
-    def _is_decision(self, text: str) -> bool:
-        """Whether a situation reads as a decision question (its encoding is cached from when it was answered)."""
-        normal = normalize_question(text)
-        return bool(normal) and self.engine.decide(normal.lower(), self.retriever.encode_query(normal)).is_decision
+    def _decide(self, situation: Situation) -> Decision:
+        """A situation's decision (encodings are cached from when its turns were answered)."""
+        normal = normalize_question(situation.root)
+        own = [normalize_question(f) for f in situation.fragments]
+        return self.engine.decide(
+            normal.lower(), self.retriever.encode_query(normal), [f.lower() for f in own],
+            [self.retriever.encode_query(f) for f in own],
+        )
 
-    def _join(self, situations: list[tuple[str, bool]], previous: str, question: str,
-              question_vector: np.ndarray | None = None) -> str:
-        """The situation a turn is read in, given the earlier turns' (text, reads as a decision)."""
+    def _join(self, situations: list[Situation], previous: str, question: str,
+              question_vector: np.ndarray | None = None) -> Situation:
+        """The situation a turn is read in, given the earlier turns' situations."""
         if not self._follows(previous, question, question_vector):
-            return question
-        base, deciding = situations[-1]
-        if not deciding:
+            return Situation(question)
+        base = situations[-1]
+        if not base.decides:
             own = normalize_question(question).lower()
-            if asks_to_choose(own, self.engine.rules.lexicon) or self._is_decision(question):
-                base = next((text for text, decides in reversed(situations) if decides), base)
-        return f"{base} {question}"
+            alone = self._decide(Situation(question)) if own else None
+            if alone is not None and alone.is_decision and alone.task is not None and alone.reading.task_named:
+                return Situation(question, (), follows=True)  # a whole situation of its own after a content turn
+            if (
+                asks_to_choose(own, self.engine.rules.lexicon) or self.turns.returns(question)
+                or (alone is not None and (alone.is_decision or _states_fact(alone)))
+            ):
+                base = next((s for s in reversed(situations) if s.decides), base)
+        return Situation(base.root, (*base.fragments, question), follows=True)
 
-    def _situations(self, users: list[str]) -> list[tuple[str, bool]]:
-        """Each user turn's situation (its own text, or its condensed text when it was a follow-up) and whether it
-        reads as a decision: what the next turn may continue."""
-        out: list[tuple[str, bool]] = []
+    def _situations(self, users: list[str]) -> list[Situation]:
+        """Each user turn's situation and whether it reads as a decision: what the next turn may continue."""
+        out: list[Situation] = []
         for i, turn in enumerate(users):
-            text = turn if i == 0 else self._join(out, users[i - 1], turn)
-            out.append((text, self._is_decision(text)))
+            situation = Situation(turn) if i == 0 else self._join(out, users[i - 1], turn)
+            decides = bool(normalize_question(situation.text)) and self._decide(situation).is_decision
+            out.append(situation._replace(decides=decides))
         return out
 
     def ask(self, question: str, history: Sequence | None = None) -> Answer:
@@ -163,20 +202,23 @@ class AnswerService:
             and re.search(r"\w", own_text)
             else None
         )
+        situation = Situation(raw)
         if history and previous_user_message(history):
             own_vector = own_encoding.vector if own_encoding is not None else None
-            text = normalize_question(condense(raw, history) if condense else self.condense(raw, history, own_vector))
-        else:
-            text = own_text
-        follow_up = own_text.lower() if text != own_text else None
-        lang_override = detect_language(own_text) if follow_up else None
+            situation = (
+                Situation(condense(raw, history)) if condense else self.situation(raw, history, own_vector)
+            )
+        text = normalize_question(situation.text)
+        fragments = [normalize_question(f) for f in situation.fragments] if text != own_text else []
+        follows = situation.follows or text != own_text
+        lang_override = detect_language(own_text) if follows else None
         notice = None
         text, cut = clip_question(text, self.settings.max_question_chars)
         if cut:  # the middle goes: the beginning sets the scene, the end usually holds the ask
             text = normalize_question(text)
             notice = "truncated"
         lang = lang_override or detect_language(text)  # each turn answers in its own language
-        grounding = Grounding(raw, text, lang, "empty", started, notice=notice, follow_up=follow_up is not None)
+        grounding = Grounding(raw, text, lang, "empty", started, notice=notice, follow_up=follows)
         if not re.search(r"\w", text):
             return grounding
         lowered = text.lower()
@@ -184,9 +226,13 @@ class AnswerService:
             own_encoding if own_encoding is not None and text == own_text else self.retriever.encode_query(text)
         )
         vector = encoding.vector
+        # The reading starts from the root turn alone; each follow-up's own words override what came before.
+        root = normalize_question(situation.root) if fragments else text
         decision = self.engine.decide(
-            lowered, encoding, follow_up=follow_up if condense is None else None,
-            follow_up_vector=own_encoding if follow_up and condense is None else None,
+            root.lower(), encoding if root == text else self.retriever.encode_query(root),
+            [f.lower() for f in fragments],
+            [own_encoding if f == own_text and own_encoding is not None else self.retriever.encode_query(f)
+             for f in fragments],
         )
         reading = decision.reading
         _restore_case(decision, text, lowered)

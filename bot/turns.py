@@ -5,7 +5,8 @@ question), learned by logistic regression from the labelled pairs in ``corpus/re
 Features of a (previous, question) pair: the question's e5 query embedding (the service computes it anyway), character
 n-grams of the question, the cosine similarity of the two turns' embeddings, the question's length (log characters),
 whether the question switches language, and one indicator per word list of the ``[turns]`` table of
-``corpus/reader/lexicon.toml`` (openers, why, corrections, added facts, anaphora, ellipsis endings, new-topic markers).
+``corpus/reader/lexicon.toml`` (openers, why, corrections, added facts, anaphora, ellipsis endings, going back,
+new-topic markers).
 Cross-validation of each feature block: ``python -m bot train-reader`` (``main``) prints the table.
 
 The model is saved beside the reader's (``<store_path>/../reader/turns.pkl``) and retrained when the turn data,
@@ -44,7 +45,7 @@ KINDS = {
     "content": False,
     "offtopic": False,
 }
-CUE_GROUPS = ("openers", "why", "corrections", "added_facts", "anaphora", "endings", "new_topic")
+CUE_GROUPS = ("openers", "why", "corrections", "added_facts", "anaphora", "endings", "returns", "new_topic")
 FEATURE_BLOCKS = ("embedding", "ngrams", "cosine", "length", "language_switch", "cues")
 
 
@@ -339,6 +340,12 @@ class TurnReader:
         qv = None if question_vector is None else np.asarray(question_vector, np.float32)[None, :]
         p = float(self.probabilities([previous], [question], pv, qv)[0])
         return p >= self.config.threshold, p
+
+    def returns(self, question: str) -> bool:
+        """Whether a turn says it goes back to an earlier question ("back to the rewrite engine: …", 「要約の件に
+        戻りますが」): the lexicon's ``returns`` group."""
+        pattern = self.featurizer.patterns.get("returns")
+        return bool(pattern and pattern.search(normalize_question(question).lower()))
 
     def weights(self) -> dict[str, float]:
         """The learned weight of each dense feature (cosine, length, language switch, cue groups): for reports."""

@@ -213,9 +213,23 @@ def test_a_chain_of_follow_ups_keeps_the_first_question(bot_service: AnswerServi
     still has the hotel chatbot in it, and the chain's own fact (50k labels) too."""
     first, second = "We want a chatbot for our hotel guests. Which approach?", "and if we had 50k labelled chats?"
     assert bot_service._follows(first, second) and bot_service._follows(second, "why?")  # the premise
-    situation = bot_service.condense("why?", chat(first, second))
-    assert situation.startswith(first) and second in situation and situation.endswith("why?")
+    situation = bot_service.situation("why?", chat(first, second))
+    assert situation.root == first and situation.fragments == (second, "why?") and situation.follows
+    assert situation.text == f"{first} {second} why?" == bot_service.condense("why?", chat(first, second))
     assert bot_service.ask("why?", chat(first, second)).verdict == "llm"
+
+
+def test_each_follow_up_overrides_in_turn_order_from_the_first_question(bot_service: AnswerService) -> None:
+    """The reading starts from the chain's first question and applies each follow-up's own facts in order, so a
+    correction two turns back still holds after a bare "why?": the 0 labels of the first turn stay overridden by the
+    300k of the second (read as one joined text, both counts would compete)."""
+    first = "We want to start a spam filter for our support inbox with zero labelled emails."
+    second = "actually we just found 300k labelled emails"
+    assert bot_service.ask(first).verdict == "llm"
+    for turns, question in (((first,), second), ((first, second), "why?")):
+        answer = bot_service.ask(question, chat(*turns))
+        few = next(p for p in answer.flow_path if p["id"] == "few_labels")
+        assert answer.follow_up and few["holds"] is False and answer.verdict == "fine_tuned", (question, answer.verdict)
 
 
 def test_asking_to_choose_after_a_content_turn_goes_back_to_the_decision(bot_service: AnswerService) -> None:
@@ -227,6 +241,37 @@ def test_asking_to_choose_after_a_content_turn_goes_back_to_the_decision(bot_ser
     assert bot_service.condense("so which one then?", chat(decision, content)) == f"{decision} so which one then?"
     remark = "what does remark 3 say?"
     assert bot_service.condense("and the next remark?", chat(decision, remark)) == f"{remark} and the next remark?"
+
+
+def test_asking_to_choose_with_a_task_of_its_own_after_a_content_turn_reads_that_task(
+    bot_service: AnswerService,
+) -> None:
+    """"So which one then for our <task with its facts>?" after a content question is a follow-up in form, but it
+    states a whole situation: it is read on its own, not joined to the content question (which would make it
+    content) and not sent back to an earlier decision about another task."""
+    decision = "We want a chatbot that chats with museum visitors about the exhibits."
+    content = "what does the survey say about hallucination?"
+    question = "so which one then for sorting our support tickets? 30k labelled tickets, 12 fixed categories"
+    assert bot_service._follows(content, question)  # the premise: read as a follow-up
+    situation = bot_service.situation(question, chat(decision, content))
+    assert situation.root == question and situation.fragments == () and situation.follows
+    answer = bot_service.ask(question, chat(decision, content))
+    assert answer.follow_up and answer.verdict == "fine_tuned"
+
+
+def test_a_turn_that_says_it_goes_back_continues_the_decision_after_an_off_topic_turn(
+    bot_service: AnswerService,
+) -> None:
+    """"Back to the slogan generator: …" after an off-topic turn continues the decision before it (the lexicon's
+    ``returns`` phrases), where the off-topic turn would otherwise be the situation it continues."""
+    decision = "We want a tool that writes catchy slogans for our coffee brand. LLM or fine-tuning?"
+    offtopic = "what's a good ramen place near Shinjuku station?"
+    question = "back to the slogan tool: budget is a bit tight but nothing strict"
+    assert bot_service.turns.returns(question) and not bot_service.turns.returns(offtopic)
+    if bot_service._follows(offtopic, question):  # a standalone reading carries nothing over anyway
+        assert bot_service.situation(question, chat(decision, offtopic)).root == decision
+    answer = bot_service.ask(question, chat(decision, offtopic))
+    assert not answer.abstained and answer.verdict == "llm"
 
 
 def test_a_sure_content_reading_passes_the_gate_below_the_bare_bar(bot_service: AnswerService) -> None:
