@@ -175,10 +175,14 @@ def _longest(text: str, phrases: tuple[str, ...], stemmed: str | None = None) ->
 def label_count(text: str, lexicon: Lexicon | None = None) -> int | None:
     """The number of labelled examples a question mentions (e.g. '200k labels', '20万件のラベル', 'ten labelled')."""
     lex = lexicon or load_lexicon()
-    counts = []
-    for pattern, value in lex.word_number_patterns():
-        for m in pattern.finditer(text):
-            counts.append((m.start(), m.end(), value))
+    counts = [_composed(text, m.start(), m.end(), value, lex)
+              for pattern, value in lex.word_number_patterns() for m in pattern.finditer(text)]
+    kanji = lex.kanji_pattern()
+    for m in kanji.finditer(text) if kanji else ():
+        following = text[m.end() : m.end() + 1]
+        if following and CJK.match(following) and following not in lex.counters:
+            continue  # 「一般」, 「十分」, 「千葉」, 「一万円」: not a count of examples
+        counts.append((m.start(), m.end(), lex.kanji_number(m.group())))
     for m in _number_pattern(tuple(lex.units)).finditer(text):
         following = text[m.end() : m.end() + 1]
         if following and CJK.match(following) and following not in lex.counters:
@@ -201,6 +205,21 @@ def label_count(text: str, lexicon: Lexicon | None = None) -> int | None:
             value = value * 3 if per else value  # "15 per team": a few classes' worth; still small
             best = value if best is None else max(best, value)
     return best
+
+
+def _composed(text: str, start: int, end: int, value: int, lex: Lexicon) -> tuple[int, int, int]:
+    """A number word with what follows it: a ones word after a tens word ("twenty-five") and a multiplier
+    ("forty thousand", "five hundred")."""
+    if 20 <= value < 100 and value % 10 == 0:
+        ones = re.match(r"[\s-]([a-z]+)\b", text[end:])
+        if ones and 0 < lex.word_numbers.get(ones.group(1), 0) < 10:
+            value, end = value + lex.word_numbers[ones.group(1)], end + ones.end()
+    while unit := re.match(r"\s*-?\s*([a-z]+)\b", text[end:]):
+        factor = lex.units.get(unit.group(1))
+        if factor is None or factor < 100:
+            break
+        value, end = value * factor, end + unit.end()
+    return start, end, value
 
 
 def _retracted(text: str, start: int, end: int, lex: Lexicon) -> bool:

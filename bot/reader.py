@@ -147,6 +147,12 @@ class ReaderConfig:
     # 552 decision fragments; 0.8 catches 63 and loses 2. Stop 16, each of the seven followups files held out, the
     # reader also learning from 1,000 questions: 0.5 catches 161 of 187 and loses 21 of 927.
     follow_up_content_p: float = 0.5
+    # A follow-up the fragment reader reads as off-topic ("週末の京都、混んでるかな？" after three turns about a
+    # classifier) with at least this probability is refused, even when the turn reader took it for a follow-up (5 %
+    # of off-topic turns in its cross-validation). Its off-topic class comes from the sampled standalone questions;
+    # bare pushbacks ("are you sure?", 「ほんとに？」) read decision at 0.99-1.0, travel and lunch questions
+    # off-topic at 0.93-1.0.
+    follow_up_offtopic_p: float = 0.5
     # The fragment reader learns from the labelled fragments and this many standalone questions (a fixed sample):
     # the questions bring wordings the fragments lack ("something that chats with them" is mimic_human). Each
     # followups file held out (927 decision, 187 content fragments), all conditions right: 0 questions 63.0 %,
@@ -880,10 +886,11 @@ class LearnedReader:
             states.update({cid: st for cid, st in own.items() if st.holds is not None})
             count = own_count if own_count is not None else count
             considerations |= {cid for cid in self._cons if fragments._consideration(cid, follow_up, own_x)}
-            if i == len(follow_ups) - 1:  # whether the turn asks what the survey says is its own reading
+            if i == len(follow_ups) - 1:  # whether the turn asks what the survey says, or leaves the topic: its own
                 own_probs, own_intents = fragments.proba("intent", own_x)
                 own_best = int(np.argmax(own_probs))
-                if own_intents[own_best] == "content" and own_probs[own_best] >= self.config.follow_up_content_p:
+                bar = {"content": self.config.follow_up_content_p, "offtopic": self.config.follow_up_offtopic_p}
+                if own_probs[own_best] >= bar.get(own_intents[own_best], 2.0):
                     probs, intents, best = own_probs, own_intents, own_best
         considerations = [self._cons[cid] for cid in self._cons if cid in considerations]
         return Reading(

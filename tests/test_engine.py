@@ -103,9 +103,17 @@ def test_walk_raises_on_a_flow_without_outcome() -> None:
     ("ラベル付きデータが20件", 20),
     ("we have 1,500 annotated examples", 1_500),
     ("2 million labeled reviews", 2_000_000),
+    ("we labelled more, now forty thousand", 40_000),
+    ("twenty-five thousand labelled reviews", 25_000),
+    ("five hundred labelled examples", 500),
+    ("ラベルは三十万件", 300_000),
+    ("二千五百件のラベル", 2_500),
+    ("ラベル付きは百件", 100),
+    ("数十件のラベル", 50),
 ])
 def test_label_count_parses(text: str, count: int) -> None:
-    """Counts with k/万/million units, thousands separators and number words near a label word."""
+    """Counts with k/万/million units, thousands separators, number words near a label word, number words with a
+    multiplier ("forty thousand") and Japanese numerals (三十万件)."""
     assert label_count(text) == count
 
 
@@ -115,6 +123,9 @@ def test_label_count_parses(text: str, count: int) -> None:
     "1日に500万件の問い合わせが来る",
     "the model has 7b parameters",
     "",
+    "十分なラベルがある",
+    "ラベル付きデータは一万円で買える",
+    "一つのシステムでラベルを付ける",
 ])
 def test_label_count_ignores_numbers_not_about_labels(text: str) -> None:
     """A number without a label word nearby is not a label count."""
