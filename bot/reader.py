@@ -878,7 +878,7 @@ class LearnedReader:
             own_x, own_parts, own_probs = fragments.features(follow_up, follow_up_vector, own_count)
             own = fragments._states(follow_up, own_x, own_count, own_parts, own_probs)
             own_task, own_task_p = fragments._task(own_x)
-            if self.switches_task(task, own, own_task, own_task_p):
+            if self.switches_task(task, own, own_task, own_task_p, states):
                 # "not a score: write feedback comments instead": what the task is comes from the follow-up
                 # alone; the earlier facts about the user's data (labels, drifting inputs) still hold.
                 states.update({c.id: own[c.id] for c in self.flow.conditions if c.about == "task"})
@@ -907,20 +907,29 @@ class LearnedReader:
         )
 
     def switches_task(
-        self, task: Task | None, own: dict[str, ConditionState], own_task: Task | None, own_task_p: float
+        self, task: Task | None, own: dict[str, ConditionState], own_task: Task | None, own_task_p: float,
+        before: dict[str, ConditionState] | None = None,
     ) -> bool:
-        """Whether a follow-up's own reading changes what the task is: it names another catalog task, or says the
-        task is of a kind (a task condition holds: "write feedback comments instead" is creative generation),
-        confidently (``follow_up_switch_p``). A condition that only narrows the task ("not the explanation") or a
-        detail of a knowledge-intensive task ("we pass the fare tables in") keeps the task; it overrides as any
-        stated fact does."""
+        """Whether a follow-up's own reading changes what the task is, confidently (``follow_up_switch_p``): it
+        names another catalog task; says the task is of a kind (a task condition holds: "write feedback comments
+        instead" is creative generation); or takes away a kind the task had (``before``: the reading so far;
+        "forget the chat, only the moderation filter" after a chatbot, "just the ticket classification" after a
+        several-jobs assistant). A condition that only narrows the task ("not the explanation") or a detail of a
+        knowledge-intensive task ("we pass the fare tables in") keeps the task; it overrides as any stated fact
+        does."""
         least = self.config.follow_up_switch_p
         if own_task is not None and own_task != task and own_task_p >= least:
             return True
         details = {cid for c in self.flow.conditions for cid in c.implies} | {
             c.id for c in self.flow.conditions if c.implies}
-        return any(st.holds is True and st.condition.about == "task" and st.condition.id not in details
-                   and (st.p or 0.0) >= least for st in own.values())
+        before = before or {}
+        for st in own.values():
+            if st.condition.about != "task" or st.condition.id in details or (st.p or 0.0) < least:
+                continue
+            had = before.get(st.condition.id)
+            if st.holds is True or (st.holds is False and had is not None and had.holds is True):
+                return True
+        return False
 
     def _states(
         self, text: str, x, count: int | None, parts: list[str], sentence_scores: np.ndarray | None
@@ -972,6 +981,16 @@ class LearnedReader:
         if label == NO_TASK or probs[k] < self.config.task_min_p:
             return None, float(probs[k]) if label != NO_TASK else 0.0
         return self._tasks.get(label), float(probs[k])
+
+    def fragment_intent(self, text: str, vector: QueryVector | None = None) -> tuple[str, float] | None:
+        """A follow-up's intent read on its own words by the fragment reader: ("decision" | "content" |
+        "offtopic", p), or None without a fragment reader. ``text``: normalised, lower-cased."""
+        if self.followups is None:
+            return None
+        x, _, _ = self.followups.features(text, vector, label_count(text, self.lexicon))
+        probs, intents = self.followups.proba("intent", x)
+        best = int(np.argmax(probs))
+        return intents[best], float(probs[best])
 
     def _consideration(self, cid: str, text: str, x) -> bool:
         found = self.proba(f"cons:{cid}", x)

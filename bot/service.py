@@ -167,9 +167,20 @@ class AnswerService:
             if (
                 asks_to_choose(own, self.engine.rules.lexicon) or self.turns.returns(question)
                 or (alone is not None and (alone.is_decision or _states_fact(alone)))
+                or self._continues_decision(question)
             ):
                 base = next((s for s in reversed(situations) if s.decides), base)
         return Situation(base.root, (*base.fragments, question), follows=True)
+
+    def _continues_decision(self, question: str) -> bool:
+        """Whether a follow-up's own words continue a model choice (the fragment reader reads it as a decision:
+        「それでもLLMですか？」, "are you sure?"), not a content or off-topic question ("and the next remark?",
+        "and tomorrow?")."""
+        read = getattr(self.engine.reader, "fragment_intent", None)
+        normal = normalize_question(question)
+        found = read(normal.lower(), self.retriever.encode_query(normal)) if read and normal else None
+        least = self.engine.reader.config.follow_up_content_p  # where a follow-up's own intent wins (reader knob)
+        return found is not None and found[0] == "decision" and found[1] >= least
 
     def _situations(self, users: list[str]) -> list[Situation]:
         """Each user turn's situation and whether it reads as a decision: what the next turn may continue."""

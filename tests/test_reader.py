@@ -214,6 +214,17 @@ def test_a_follow_up_that_changes_the_task_replaces_the_task_conditions(bot_serv
     assert not reader.switches_task(None, own, None, 0.0)  # a fact about the data is not a new task
     own["creative_generation"] = ConditionState(flow.condition("creative_generation"), True, "learned", "write", 0.9)
     assert reader.switches_task(None, own, None, 0.0)
+    # Taking away a kind the task had ("forget the chat, only the moderation filter") changes the task too; saying
+    # "no" to a kind it never had ("not the explanation") or to a knowledge detail does not.
+    no_chat = dict(own, creative_generation=ConditionState(flow.condition("creative_generation"), None, "", "", 0.9),
+                   mimic_human=ConditionState(flow.condition("mimic_human"), False, "learned", "forget the chat", 0.9))
+    chatbot = {"mimic_human": ConditionState(flow.condition("mimic_human"), True, "learned", "chat", 0.99)}
+    assert reader.switches_task(None, no_chat, None, 0.0, chatbot)
+    assert not reader.switches_task(None, no_chat, None, 0.0, {})
+    not_given = ConditionState(flow.condition("context_sufficient"), False, "learned", "", 0.9)
+    no_context = dict(own, creative_generation=no_chat["creative_generation"], context_sufficient=not_given)
+    given = {"context_sufficient": ConditionState(flow.condition("context_sufficient"), True, "learned", "", 0.99)}
+    assert not reader.switches_task(None, no_context, None, 0.0, given)
     assert [c.id for c in flow.conditions if c.about == "situation"] == ["few_labels", "ood_data"]
 
 
@@ -241,6 +252,7 @@ def test_a_follow_up_read_as_off_topic_is_refused_whatever_the_turn_reader_said(
     encode = bot_service.retriever.encode_query
     for own, intent in (("週末の京都、混んでるかな？", "offtopic"), ("any good sushi place near Shibuya?", "offtopic"),
                         ("are you sure?", "decision"), ("ほんとに？", "decision")):
+        own = normalize_question(own)
         decision = bot_service.engine.decide(first.lower(), encode(first), [own.lower()], [encode(own)])
         assert decision.reading.intent == intent, (own, decision.reading.intent)
     history = [{"role": "user", "content": first}, {"role": "assistant", "content": "…"}]

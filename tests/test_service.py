@@ -243,6 +243,19 @@ def test_asking_to_choose_after_a_content_turn_goes_back_to_the_decision(bot_ser
     assert bot_service.condense("and the next remark?", chat(decision, remark)) == f"{remark} and the next remark?"
 
 
+def test_a_pushback_after_a_content_turn_continues_the_decision(bot_service: AnswerService) -> None:
+    """「それでもLLMですか？」 after a content question names no choice cue and states no fact, but the fragment
+    reader reads its own words as continuing a model choice: it goes back to the decision before the content turn,
+    while "and the next remark?" (read as content) stays with the content question."""
+    decision = "塾の講師です。算数の文章題を解いて途中式も説明するツールを作りたい。LLMとファインチューニングどっち？"
+    content = "計算ミスについてサーベイには何か書いてありますか？"
+    pushback = "それでもLLMですか？"
+    assert bot_service._continues_decision(pushback) and not bot_service._continues_decision("and the next remark?")
+    if bot_service._follows(content, pushback):  # standing alone, it would carry nothing over anyway
+        assert bot_service.situation(pushback, chat(decision, content)).root == decision
+        assert bot_service.ask(pushback, chat(decision, content)).verdict is not None
+
+
 def test_asking_to_choose_with_a_task_of_its_own_after_a_content_turn_reads_that_task(
     bot_service: AnswerService,
 ) -> None:
