@@ -220,11 +220,14 @@ class AnswerService:
                 Situation(condense(raw, history)) if condense else self.situation(raw, history, own_vector)
             )
         text = normalize_question(situation.text)
-        fragments = [normalize_question(f) for f in situation.fragments] if text != own_text else []
+        limit = self.settings.max_question_chars
+        fragments = (  # each turn clipped as a whole question would be
+            [normalize_question(clip_question(f, limit)[0]) for f in situation.fragments] if text != own_text else []
+        )
         follows = situation.follows or text != own_text
         lang_override = detect_language(own_text) if follows else None
         notice = None
-        text, cut = clip_question(text, self.settings.max_question_chars)
+        text, cut = clip_question(text, limit)
         if cut:  # the middle goes: the beginning sets the scene, the end usually holds the ask
             text = normalize_question(text)
             notice = "truncated"
@@ -238,7 +241,9 @@ class AnswerService:
         )
         vector = encoding.vector
         # The reading starts from the root turn alone; each follow-up's own words override what came before.
-        root = normalize_question(situation.root) if fragments else text
+        root = (
+            normalize_question(clip_question(situation.root, limit)[0]) if fragments else text
+        )
         decision = self.engine.decide(
             root.lower(), encoding if root == text else self.retriever.encode_query(root),
             [f.lower() for f in fragments],

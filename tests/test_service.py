@@ -169,6 +169,16 @@ def test_long_question_keeps_its_end_where_the_ask_is(bot_service: AnswerService
     assert few["value"] == "yes" and few["source"] == "labels" and few["evidence"] == "20"  # read from the end
 
 
+def test_a_follow_up_of_a_long_question_reads_the_question_clipped(bot_service: AnswerService) -> None:
+    """The first turn of a situation is read clipped as it was answered (beginning and end kept), so a follow-up
+    after a pasted backstory still reads the ask at its end, and its own fact overrides it."""
+    story = "Our shop opened in 2009 and sells tea in three cities. " * 80
+    first = story + "For the review classifier we have 50,000 labelled reviews. Which model?"
+    answer = bot_service.ask("and if we only had 20 labelled reviews?", chat(first))
+    few = next(r for r in answer.reading if r["id"] == "few_labels")
+    assert answer.follow_up and few["value"] == "yes" and answer.verdict in ("llm", "depends")
+
+
 def test_check_citations_detects_problems() -> None:
     """check_citations flags markers without citations, unused citations, bad numbering and unknown chunks."""
     cite = {"n": 1, "chunk_id": "abc", "section": "4.1.1"}
