@@ -80,10 +80,8 @@ def user_messages(history: Sequence | None) -> list[str]:
 
 def previous_user_message(history: Sequence | None) -> str | None:
     """The last non-empty user turn of a chat history."""
-    for message in reversed(to_messages(history)):
-        if message.type == "human" and isinstance(message.content, str) and message.content.strip():
-            return message.content
-    return None
+    users = user_messages(history)
+    return users[-1] if users else None
 
 
 def check_citations(answer: Answer, store_ids: set[str] | None = None) -> list[str]:

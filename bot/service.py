@@ -145,11 +145,12 @@ class AnswerService:
         return self.turns.follow_up(prev_text, text, self.retriever.embed_query(prev_text), question_vector)[0]
 
     def _decide(self, situation: Situation) -> Decision:
-        """A situation's decision (encodings are cached from when its turns were answered)."""
-        normal = normalize_question(situation.root)
-        own = [normalize_question(f) for f in situation.fragments]
+        """A situation's decision, each turn read clipped as a whole question would be (encodings are cached from
+        when its turns were answered)."""
+        limit = self.settings.max_question_chars
+        root, *own = [normalize_question(clip_question(t, limit)[0]) for t in (situation.root, *situation.fragments)]
         return self.engine.decide(
-            normal.lower(), self.retriever.encode_query(normal), [f.lower() for f in own],
+            root.lower(), self.retriever.encode_query(root), [f.lower() for f in own],
             [self.retriever.encode_query(f) for f in own],
         )
 
@@ -220,14 +221,10 @@ class AnswerService:
                 Situation(condense(raw, history)) if condense else self.situation(raw, history, own_vector)
             )
         text = normalize_question(situation.text)
-        limit = self.settings.max_question_chars
-        fragments = (  # each turn clipped as a whole question would be
-            [normalize_question(clip_question(f, limit)[0]) for f in situation.fragments] if text != own_text else []
-        )
         follows = situation.follows or text != own_text
         lang_override = detect_language(own_text) if follows else None
         notice = None
-        text, cut = clip_question(text, limit)
+        text, cut = clip_question(text, self.settings.max_question_chars)
         if cut:  # the middle goes: the beginning sets the scene, the end usually holds the ask
             text = normalize_question(text)
             notice = "truncated"
@@ -240,16 +237,9 @@ class AnswerService:
             own_encoding if own_encoding is not None and text == own_text else self.retriever.encode_query(text)
         )
         vector = encoding.vector
-        # The reading starts from the root turn alone; each follow-up's own words override what came before.
-        root = (
-            normalize_question(clip_question(situation.root, limit)[0]) if fragments else text
-        )
-        decision = self.engine.decide(
-            root.lower(), encoding if root == text else self.retriever.encode_query(root),
-            [f.lower() for f in fragments],
-            [own_encoding if f == own_text and own_encoding is not None else self.retriever.encode_query(f)
-             for f in fragments],
-        )
+        # A chain is read from its first turn alone, each follow-up's own words overriding what came before; the
+        # encodings are the cached ones (this turn's own, the text's, the earlier turns').
+        decision = self._decide(situation if situation.fragments else Situation(text))
         reading = decision.reading
         _restore_case(decision, text, lowered)
         extra = [name for t in ([decision.task] if decision.task else []) for name in t.all_names[:6]]
