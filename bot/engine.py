@@ -381,10 +381,17 @@ class DecisionEngine:
         """A specific catalog task the question names by a whole alias (data: the catalog's names) is taken when
         the learned reader found no task or only a generic family ("text classification" for "named entity
         recognition with 50k labelled sentences"): a name the user wrote beats a statistical guess. ``text``: the
-        turn the task was read from (a follow-up that switched the task, else the question)."""
-        if reading.task is not None and not reading.task.generic:
+        turn the task was read from (a follow-up that switched the task, else the question). A weak specific guess
+        (below the reader's ``named_task_over_p``: creative writing at 0.35 for "spam detection on sign-up forms")
+        gives way to any task the user named, a family included."""
+        least = getattr(getattr(self.reader, "config", None), "named_task_over_p", 0.0)
+        weak = reading.task is not None and not reading.task.generic and reading.task_score < least
+        if reading.task is not None and not reading.task.generic and not weak:
             return reading
-        named = [t for t, score in self.rules.match_tasks(text, None) if score >= 1.01 and not t.generic]
+        found = [t for t, score in self.rules.match_tasks(text, None) if score >= 1.01]
+        if reading.task is not None and reading.task in found:  # the user named the family too ("only the ticket
+            return reading  # routing, forget the summaries"): the reading's choice between names stands
+        named = [t for t in found if not t.generic] or (found if weak else [])
         if not named:
             return reading
         return replace(reading, task=named[0], task_score=1.0, task_named=True)

@@ -153,6 +153,16 @@ class ReaderConfig:
     # bare pushbacks ("are you sure?", 「ほんとに？」) read decision at 0.99-1.0, travel and lunch questions
     # off-topic at 0.93-1.0.
     follow_up_offtopic_p: float = 0.5
+    # After a content answer, a follow-up that names a task of its own ("so which one for my news summaries? 50k
+    # reference summaries") is read on its own when that task is specific (not a family such as text
+    # classification), differs from the latest decision's task and is read with at least this probability;
+    # otherwise it continues the latest decision ("and with zero labels in a new game?" after a toxicity filter,
+    # read alone as text classification at 0.78; "privacy thing: …transcripts must never leave" read as PII
+    # redaction at 0.43).
+    own_task_p: float = 0.5
+    # A specific task read with less than this probability gives way to a task the question names by a catalog
+    # alias, a family included (``DecisionEngine.with_named_task``).
+    named_task_over_p: float = 0.5
     # The fragment reader learns from the labelled fragments and this many standalone questions (a fixed sample):
     # the questions bring wordings the fragments lack ("something that chats with them" is mimic_human). Each
     # followups file held out (927 decision, 187 content fragments), all conditions right: 0 questions 63.0 %,
@@ -425,6 +435,9 @@ def distinct_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(matrix[keep]), inverse
 
 
+SELF_SIMILARITY = 0.9995  # cosine at which a labelled row is the question itself (left out when reading)
+
+
 class Neighbours:
     """How close a question is to the labelled ways of stating each reading: for every key ("cond:<id>=yes",
     "intent=decision", "task=<id>") the highest and the mean of the three highest cosine similarities to labelled
@@ -498,6 +511,7 @@ class Neighbours:
     def _raw_few(self, vectors: np.ndarray) -> np.ndarray:
         """``raw`` for a few questions (no scenario left out): the same values, by padded groups of keys."""
         sims = _matmul(np.asarray(vectors, dtype=np.float32), self.vectors.T)
+        sims[sims >= SELF_SIMILARITY] = -np.inf  # a labelled question read again is read as if held out
         sims = np.concatenate([sims, np.full((len(sims), 1), -np.inf, dtype=np.float32)], axis=1)
         out = np.zeros((len(sims), 2 * len(self.keys)), dtype=np.float32)
         for keys, index, sizes in self._buckets():
@@ -513,6 +527,8 @@ class Neighbours:
         sims = self._similarities(vectors)
         if groups is not None:  # leave the question's own scenario out
             sims[np.asarray(groups)[:, None] == self.groups[None, :]] = -1.0
+        else:
+            sims[sims >= SELF_SIMILARITY] = -1.0
         out = np.zeros((sims.shape[0], 2 * len(self.keys)), dtype=np.float32)
         for k, cols in enumerate(self.columns):
             block = sims[:, cols]

@@ -163,7 +163,11 @@ class AnswerService:
         if not base.decides:
             own = normalize_question(question).lower()
             alone = self._decide(Situation(question)) if own else None
-            if alone is not None and alone.is_decision and alone.task is not None and alone.reading.task_named:
+            latest = next((s for s in reversed(situations) if s.decides), None)
+            if (
+                alone is not None and alone.is_decision and alone.task is not None and alone.reading.task_named
+                and (latest is None or self._another_task(alone, self._decide(latest)))
+            ):
                 return Situation(question, (), follows=True)  # a whole situation of its own after a content turn
             if (
                 asks_to_choose(own, self.engine.rules.lexicon) or self.turns.returns(question)
@@ -172,6 +176,16 @@ class AnswerService:
             ):
                 base = next((s for s in reversed(situations) if s.decides), base)
         return Situation(base.root, (*base.fragments, question), follows=True)
+
+    def _another_task(self, alone: Decision, latest: Decision) -> bool:
+        """Whether a follow-up read alone names a specific task of its own, other than the latest decision's
+        (``ReaderConfig.own_task_p``): then it is a new situation, not the latest one continued."""
+        least = getattr(getattr(self.engine.reader, "config", None), "own_task_p", 0.0)
+        task = alone.task
+        return (
+            task is not None and not task.generic and alone.task_score >= least
+            and (latest.task is None or task.id != latest.task.id)
+        )
 
     def _continues_decision(self, question: str) -> bool:
         """Whether a follow-up's own words continue a model choice (the fragment reader reads it as a decision:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from bot.engine import ConditionState, Decision, DecisionEngine, label_count
+from bot.engine import ConditionState, Decision, DecisionEngine, Reading, label_count
 from bot.knowledge import load_flow
+from bot.reader import ReaderConfig
 from bot.text import normalize_question
 
 FLOW = load_flow(Path(__file__).resolve().parents[1] / "corpus" / "decision_flow.toml")
@@ -218,3 +221,33 @@ def test_decide_states_cover_every_condition(engine: DecisionEngine) -> None:
         assert set(d.states) == set(STEP_ID.values())
         assert [s.condition.step for s in d.path] == list(range(1, len(d.path) + 1))
         assert d.deciding is d.path[-1]
+
+
+# ---------------------------------------------------------------------------------------------- named tasks
+def _reading(engine: DecisionEngine, task_id: str, score: float) -> Reading:
+    task = next(t for t in FLOW.tasks if t.id == task_id)
+    base = engine.rules.read("placeholder")
+    return replace(base, task=task, task_score=score, task_named=True, reader="learned")
+
+
+def test_a_named_family_keeps_the_reading_when_a_dropped_task_is_named_too() -> None:
+    """"Forget … the summaries, only the ticket routing" names summarisation and the classification family: the
+    reading's family stands (before, the specific name won and kept creative generation)."""
+    engine = DecisionEngine(FLOW, reader=SimpleNamespace(config=ReaderConfig()))  # with_named_task reads the knob only
+    text = "ok forget the chat part and the summaries, only the ticket routing - 8k labelled tickets"
+    assert {t.id for t, s in engine.rules.match_tasks(text, None) if s >= 1.01} >= {"summarization",
+                                                                                     "text_classification"}
+    assert engine.with_named_task(_reading(engine, "text_classification", 0.9), text).task.id == "text_classification"
+    assert engine.with_named_task(_reading(engine, "text_classification", 0.9), "named entity recognition, 50k "
+                                  "labelled sentences").task.id == "ner"  # a family alone still gives way
+
+
+def test_a_weak_specific_guess_gives_way_to_a_named_family() -> None:
+    """A specific task read below ``named_task_over_p`` gives way to the family the question names; a sure one
+    stays."""
+    config = ReaderConfig()
+    engine = DecisionEngine(FLOW, reader=SimpleNamespace(config=config))  # with_named_task reads the knob only
+    text = "three-person startup, we need spam detection on sign-up forms, 40k labelled"
+    weak = engine.with_named_task(_reading(engine, "creative_writing", config.named_task_over_p - 0.15), text)
+    sure = engine.with_named_task(_reading(engine, "creative_writing", config.named_task_over_p + 0.3), text)
+    assert weak.task.id == "text_classification" and sure.task.id == "creative_writing"

@@ -319,3 +319,21 @@ def test_a_sure_content_reading_passes_the_gate_below_the_bare_bar(bot_service: 
         assert bot_service.ground(question).abstained
     finally:
         reader.config, bot_service.gate = config, gate
+
+
+def test_a_follow_up_naming_only_a_family_after_a_content_turn_continues_the_decision(
+    bot_service: AnswerService,
+) -> None:
+    """"And with no labels at all in a new game?" after a content turn is read alone as text classification (a
+    family, guessed), which is not a task of its own: it continues the toxicity decision before the content turn,
+    so the toxicity finding about few labels applies. A specific task of its own read surely still stands alone."""
+    decision = "We filter toxic messages in our game's chat and have 200k moderator labels. LLM or fine-tune?"
+    content = "what does the survey say about toxicity detection?"
+    question = "and if we launched a new game with no labelled messages at all?"
+    if bot_service._follows(content, question):  # a standalone reading carries nothing over anyway
+        situation = bot_service.situation(question, chat(decision, content))
+        assert situation.root == decision and situation.fragments[-1] == question
+        assert bot_service.ask(question, chat(decision, content)).verdict == "depends"
+    own = "so which one for our news summaries then? 50k reference summaries"
+    situation = bot_service.situation(own, chat(decision, content))
+    assert situation.root == own and situation.fragments == ()
