@@ -402,8 +402,17 @@ class DecisionEngine:
         states = dict(reading.states)
         task = reading.task
         if task is not None:
+            config = getattr(self.reader, "config", None)
+            sure_task = (
+                config is not None and not task.generic and reading.task_score >= config.catalog_over_task_p
+            )
             for cid, holds in task.conditions.items():
-                if states[cid].holds is None:
+                state = states[cid]
+                weak = (
+                    sure_task and state.why == "learned" and state.holds is (not holds)
+                    and (state.p if state.p is not None else 1.0) < config.catalog_over_condition_p
+                )
+                if state.holds is None or weak:  # a surely read task's catalog entry beats a weak opposite guess
                     states[cid] = ConditionState(self.flow.condition(cid), holds, "task", task.id)
         for cond in self.flow.conditions:
             if states[cond.id].holds is not None and states[cond.id].why in ("cue", "task", "learned"):

@@ -227,7 +227,7 @@ def test_decide_states_cover_every_condition(engine: DecisionEngine) -> None:
 def _reading(engine: DecisionEngine, task_id: str, score: float) -> Reading:
     task = next(t for t in FLOW.tasks if t.id == task_id)
     base = engine.rules.read("placeholder")
-    return replace(base, task=task, task_score=score, task_named=True, reader="learned")
+    return replace(base, intent="decision", task=task, task_score=score, task_named=True, reader="learned")
 
 
 def test_a_named_family_keeps_the_reading_when_a_dropped_task_is_named_too() -> None:
@@ -251,3 +251,21 @@ def test_a_weak_specific_guess_gives_way_to_a_named_family() -> None:
     weak = engine.with_named_task(_reading(engine, "creative_writing", config.named_task_over_p - 0.15), text)
     sure = engine.with_named_task(_reading(engine, "creative_writing", config.named_task_over_p + 0.3), text)
     assert weak.task.id == "text_classification" and sure.task.id == "creative_writing"
+
+
+def test_a_surely_read_task_settles_its_catalog_conditions_against_a_weak_opposite_guess() -> None:
+    """Counterfactual knowledge read at 0.99 with a weak learned "needs scaling" (0.63) walks to the catalog's
+    "neither", not to step 2; a sure guess, a weakly read task or a cue-read state keeps the question's reading."""
+    config = ReaderConfig()
+    engine = DecisionEngine(FLOW, reader=SimpleNamespace(config=config))  # complete reads the knobs only
+    scaling = FLOW.condition("needs_scaling")
+
+    def verdict(task_p: float, state: ConditionState) -> str:
+        reading = _reading(engine, "counterfactual_knowledge", task_p)
+        return engine.decide_reading(replace(reading, states={**reading.states, "needs_scaling": state})).verdict
+
+    weak = ConditionState(scaling, True, "learned", "answers must follow the game's rules", 0.63)
+    assert verdict(0.99, weak) == "neither"
+    assert verdict(0.99, replace(weak, p=config.catalog_over_condition_p + 0.1)) == "llm"
+    assert verdict(config.catalog_over_task_p - 0.2, weak) == "llm"
+    assert verdict(0.99, replace(weak, why="cue")) == "llm"
