@@ -382,7 +382,7 @@ class DecisionEngine:
         the learned reader found no task or only a generic family ("text classification" for "named entity
         recognition with 50k labelled sentences"): a name the user wrote beats a statistical guess. ``text``: the
         turn the task was read from (a follow-up that switched the task, else the question). A weak specific guess
-        (below the reader's ``named_task_over_p``: creative writing at 0.35 for "spam detection on sign-up forms")
+        (below the reader's ``named_task_over_p``)
         gives way to any task the user named, a family included."""
         least = getattr(getattr(self.reader, "config", None), "named_task_over_p", 0.0)
         weak = reading.task is not None and not reading.task.generic and reading.task_score < least

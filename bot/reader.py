@@ -161,8 +161,9 @@ class ReaderConfig:
     # redaction at 0.43).
     own_task_p: float = 0.5
     # A specific task read with less than this probability gives way to a task the question names by a catalog
-    # alias, a family included (``DecisionEngine.with_named_task``).
-    named_task_over_p: float = 0.5
+    # alias, a family included (``DecisionEngine.with_named_task``). On 5-fold CV readings of 7,212 questions
+    # (verdict with no such rule 89.95 %): 0.3 89.97 %, 0.4 89.89, 0.5 89.78, 0.7 89.66.
+    named_task_over_p: float = 0.3
     # A specific task read with at least ``catalog_over_task_p`` settles its catalog conditions even against the
     # reader's opposite guess when that guess is below ``catalog_over_condition_p`` ("physics deliberately
     # reversed … answers must follow the game's rules": counterfactual knowledge at 0.99, needs-scaling "yes" at
@@ -518,7 +519,7 @@ class Neighbours:
     def _raw_few(self, vectors: np.ndarray) -> np.ndarray:
         """``raw`` for a few questions (no scenario left out): the same values, by padded groups of keys."""
         sims = _matmul(np.asarray(vectors, dtype=np.float32), self.vectors.T)
-        sims[sims >= SELF_SIMILARITY] = -np.inf  # a labelled question read again is read as if held out
+        sims[sims >= SELF_SIMILARITY] = -1.0  # a labelled question read again is read as if held out
         sims = np.concatenate([sims, np.full((len(sims), 1), -np.inf, dtype=np.float32)], axis=1)
         out = np.zeros((len(sims), 2 * len(self.keys)), dtype=np.float32)
         for keys, index, sizes in self._buckets():

@@ -409,3 +409,20 @@ def test_training_shortcuts_give_the_features_computed_afresh() -> None:
     afresh = featurizer.transform(texts, vectors, groups).toarray()  # nothing passed in: computed again
     assert np.allclose(reused, afresh, atol=1e-6)
     assert not np.allclose(afresh, featurizer.transform(texts, vectors).toarray(), atol=1e-6)  # groups matter
+
+
+def test_a_labelled_question_read_again_is_read_as_if_held_out() -> None:
+    """A question whose vector is a labelled row's gets the neighbour features it would get with that row left out
+    (as training rows are featurised): no similarity of 1.0 the models never saw in training."""
+    from bot.reader import Neighbours
+
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(12, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    key_index = np.array([0] * 6 + [1] * 6)
+    keys = ["k0", "k1"]
+    near = Neighbours(keys, vectors, key_index, np.array(["g"] * 12))
+    without = Neighbours(keys, np.delete(vectors, 3, axis=0), np.delete(key_index, 3), np.array(["g"] * 11))
+    again = near.raw(vectors[3:4])
+    assert again[0, 0] < 0.9995  # the row itself is not its own nearest neighbour
+    assert np.allclose(again, without.raw(vectors[3:4]), atol=1e-6)

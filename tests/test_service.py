@@ -270,16 +270,19 @@ def test_asking_to_choose_with_a_task_of_its_own_after_a_content_turn_reads_that
     bot_service: AnswerService,
 ) -> None:
     """"So which one then for our <task with its facts>?" after a content question is a follow-up in form, but it
-    states a whole situation: it is read on its own, not joined to the content question (which would make it
-    content) and not sent back to an earlier decision about another task."""
+    states a task of its own: not joined to the content question (which would make it content), and the earlier
+    decision's task kind does not carry over. A family (sorting tickets: text classification) continues the
+    earlier decision with its own task in place of the chatbot; a specific task of its own stands alone."""
     decision = "We want a chatbot that chats with museum visitors about the exhibits."
     content = "what does the survey say about hallucination?"
     question = "so which one then for sorting our support tickets? 30k labelled tickets, 12 fixed categories"
     assert bot_service._follows(content, question)  # the premise: read as a follow-up
-    situation = bot_service.situation(question, chat(decision, content))
-    assert situation.root == question and situation.fragments == () and situation.follows
+    assert bot_service.situation(question, chat(decision, content)).root != content
     answer = bot_service.ask(question, chat(decision, content))
-    assert answer.follow_up and answer.verdict == "fine_tuned"
+    mimic = next(p for p in answer.flow_path if p["id"] == "mimic_human")
+    assert answer.follow_up and answer.verdict == "fine_tuned" and mimic["holds"] is False
+    own = "so which one then for our news summaries? 50k reference summaries"
+    assert bot_service.situation(own, chat(decision, content)).root == own
 
 
 def test_a_turn_that_says_it_goes_back_continues_the_decision_after_an_off_topic_turn(
